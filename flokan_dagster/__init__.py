@@ -1,0 +1,1 @@
+"""Dagster integration for Flokan's Image Editor API."""
