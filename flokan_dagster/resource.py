@@ -1,0 +1,85 @@
+"""``FlokanResource``: Flokan's Image Editor API as a configurable Dagster resource.
+
+The resource holds configuration only; ``get_client()`` returns a plain
+:class:`~flokan_dagster.api.client.FlokanClient` that is testable without Dagster.
+
+Example:
+    >>> import dagster as dg
+    >>> flokan = FlokanResource(api_key=dg.EnvVar("FLOKAN_API_KEY"))
+    >>> defs = dg.Definitions(resources={"flokan": flokan})
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from flokan_dagster.api import rules
+from flokan_dagster.api.client import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_READ_TIMEOUT_S,
+    DEFAULT_WRITE_TIMEOUT_S,
+    AsyncFlokanClient,
+    FlokanClient,
+)
+
+
+class FlokanResource(dg.ConfigurableResource):
+    """Connection settings for Flokan's Image Editor API.
+
+    Set ``api_key`` with ``dg.EnvVar("FLOKAN_API_KEY")`` so the key stays out of code and of
+    Dagster's stored run config; the resource never shows it in its repr.
+
+    Example:
+        >>> resource = FlokanResource(api_key=dg.EnvVar("FLOKAN_API_KEY"), max_concurrency=4)
+        >>> with resource.get_client() as client:  # doctest: +SKIP
+        ...     print(client.estimate_credits("pro").estimated_credits)
+    """
+
+    api_key: str = Field(description='Workspace API key "flk_..." with the image_editor scope. Use dg.EnvVar("FLOKAN_API_KEY").')
+    base_url: str = Field(default=rules.DEFAULT_BASE_URL, description="Base URL of the Image Editor API.")
+    connect_timeout_s: float = Field(default=DEFAULT_CONNECT_TIMEOUT_S, gt=0, description="Seconds to open a connection.")
+    read_timeout_s: float = Field(
+        default=DEFAULT_READ_TIMEOUT_S,
+        gt=0,
+        description="Seconds to wait for an answer. Keep it above the server's 300 s limit for /process.",
+    )
+    write_timeout_s: float = Field(default=DEFAULT_WRITE_TIMEOUT_S, gt=0, description="Seconds to send a request body.")
+    max_attempts: int = Field(default=5, ge=1, description="Attempts per call, the first included (POST /process only repeats after a 429 or a failed connect).")
+    backoff_base_s: float = Field(default=0.5, ge=0, description="First retry backoff in seconds; doubles per attempt, with jitter.")
+    backoff_max_s: float = Field(default=30.0, ge=0, description="Cap of one retry backoff in seconds.")
+    max_total_wait_s: float = Field(default=120.0, ge=0, description="Cap of all retry and rate-limit waiting within one call, in seconds.")
+    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, description="Requests in flight at once per async client (one run's batch).")
+    max_download_bytes: int = Field(default=DEFAULT_MAX_DOWNLOAD_BYTES, gt=0, description="Largest result image accepted, in bytes.")
+    allow_insecure_http: bool = Field(default=False, description="Allow http:// to a non-loopback host (the key would travel in clear text).")
+
+    def __repr_args__(self) -> Any:
+        # Pydantic's repr lists every field; the key must never reach a log line or the UI.
+        return [(name, "**********" if name == "api_key" else value) for name, value in super().__repr_args__()]
+
+    def _client_options(self) -> dict[str, Any]:
+        return {
+            "api_key": self.api_key,
+            "base_url": self.base_url,
+            "connect_timeout_s": self.connect_timeout_s,
+            "read_timeout_s": self.read_timeout_s,
+            "write_timeout_s": self.write_timeout_s,
+            "max_attempts": self.max_attempts,
+            "backoff_base_s": self.backoff_base_s,
+            "backoff_max_s": self.backoff_max_s,
+            "max_total_wait_s": self.max_total_wait_s,
+            "max_download_bytes": self.max_download_bytes,
+            "allow_insecure_http": self.allow_insecure_http,
+        }
+
+    def get_client(self) -> FlokanClient:
+        """A new synchronous client with these settings (close it, or use it as a context manager)."""
+        return FlokanClient(**self._client_options())
+
+    def get_async_client(self) -> AsyncFlokanClient:
+        """A new async client bounded by ``max_concurrency`` (use ``async with``)."""
+        return AsyncFlokanClient(max_concurrency=self.max_concurrency, **self._client_options())
