@@ -1,0 +1,106 @@
+"""Short-lived DuckDB connections that wait out a locked database instead of failing.
+
+DuckDB lets one process hold a database file read-write at a time; any other open (read-write
+or read-only) fails at once with ``IOException: Could not set lock``. Within one process, a
+read-only open also fails while a read-write connection to the same file exists. Both are
+transient, so opening retries them with capped, fully jittered exponential backoff (jitter keeps
+several waiting processes from retrying in lockstep) until a deadline.
+
+Example:
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "l.duckdb")
+    >>> conn = connect_with_retry(path, read_only=False, timeout_s=1.0)
+    >>> conn.close()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from pathlib import Path
+from typing import Final
+
+import duckdb
+
+_REMOTE_PREFIXES: Final = ("md:", "motherduck:")
+
+
+class LedgerLockedError(TimeoutError):
+    """The ledger database stayed locked by another connection past the deadline."""
+
+
+def is_remote(database: str) -> bool:
+    """Return True for a MotherDuck connection string, which is passed to DuckDB untouched."""
+    return database.lower().startswith(_REMOTE_PREFIXES)
+
+
+def describe(database: str) -> str:
+    """Return a loggable name for ``database``: a file path as is, a remote string as a digest.
+
+    A MotherDuck string may carry ``motherduck_token=...``; it must never reach logs or errors.
+
+    Example:
+        >>> describe("md:ledger?motherduck_token=secret").startswith("md:<")
+        True
+    """
+    if is_remote(database):
+        return f"md:<{hashlib.sha256(database.encode()).hexdigest()[:12]}>"
+    return database
+
+
+def database_file(database: str) -> Path | None:
+    """Return the file behind ``database``, or None for a remote database."""
+    return None if is_remote(database) else Path(database)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Return True for the errors that mean "someone else has the database right now"."""
+    message = str(exc)
+    if isinstance(exc, duckdb.IOException):
+        return "Could not set lock" in message
+    if isinstance(exc, duckdb.ConnectionException):
+        # Same process, other configuration: our own short-lived writer or reader is open.
+        return "different configuration" in message
+    if isinstance(exc, duckdb.TransactionException):
+        # Remote (MotherDuck) writers conflict optimistically instead of locking.
+        return "onflict" in message
+    return False
+
+
+def connect_with_retry(
+    database: str,
+    *,
+    read_only: bool,
+    timeout_s: float,
+    initial_backoff_s: float = 0.01,
+    max_backoff_s: float = 0.5,
+) -> duckdb.DuckDBPyConnection:
+    """Open ``database``, retrying lock conflicts until ``timeout_s`` has passed.
+
+    Args:
+        database: A DuckDB database string: a file path or an ``md:`` string.
+        read_only: Open read-only (readers) or read-write (the writer).
+        timeout_s: How long to keep retrying a locked database; 0 tries once.
+        initial_backoff_s: The first retry's backoff ceiling; doubles per retry.
+        max_backoff_s: Cap on the backoff ceiling.
+
+    Raises:
+        LedgerLockedError: Still locked at the deadline.
+        duckdb.Error: Any other failure to open.
+    """
+    deadline = time.monotonic() + timeout_s
+    ceiling = initial_backoff_s
+    while True:
+        try:
+            return duckdb.connect(database, read_only=read_only)
+        except duckdb.Error as exc:
+            if not is_transient(exc):
+                raise
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LedgerLockedError(
+                    f"ledger {describe(database)} stayed locked for {timeout_s:.1f}s"
+                ) from None
+            time.sleep(min(remaining, random.uniform(0, ceiling)))
+            ceiling = min(ceiling * 2, max_backoff_s)

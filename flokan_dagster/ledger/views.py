@@ -1,0 +1,166 @@
+"""Cost report queries over the ledger's SQL views: a summary dict and a Markdown report.
+
+Every figure is aggregated inside DuckDB (one grouping-sets scan plus two small ranked
+queries), so the report stays well under half a second on a million ledger rows; see
+``benchmarks/bench_ledger.py``.
+
+Example:
+    >>> import tempfile, os
+    >>> from flokan_dagster.ledger.store import CreditLedger
+    >>> ledger = CreditLedger(os.path.join(tempfile.mkdtemp(), "l.duckdb"))
+    >>> aid = ledger.begin_attempt(asset="images", sku="MUG-1", prompt="p", model_tier="pro")
+    >>> _ = ledger.finish_attempt(aid, status="completed", job_id="j1", credits_consumed=50)
+    >>> cost_summary(ledger)["credits"]
+    50
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from flokan_dagster.ledger.store import CreditLedger
+
+_TOTALS_SQL = """
+SELECT
+    GROUPING(status) AS g_status,
+    GROUPING(origin) AS g_origin,
+    GROUPING(model_tier, provider, billing) AS g_tier,
+    status, origin, model_tier, coalesce(provider, 'platform') AS provider, billing,
+    count(*) AS attempts,
+    sum(credits) AS credits,
+    sum(estimated_credits) FILTER (WHERE status = 'completed' AND credits_consumed IS NOT NULL) AS estimated,
+    sum(credits_consumed) FILTER (WHERE status = 'completed' AND estimated_credits IS NOT NULL) AS actual,
+    count(DISTINCT sku) FILTER (WHERE sku IS NOT NULL) AS skus
+FROM ledger_costs
+GROUP BY GROUPING SETS ((), (status), (origin), (model_tier, provider, billing))
+"""
+
+_TOP_SKUS_SQL = """
+SELECT sku, sum(credits) AS credits, count(*) AS attempts
+FROM ledger_costs GROUP BY sku ORDER BY credits DESC, sku LIMIT ?
+"""
+
+_RECENT_DAYS_SQL = """
+SELECT day, sum(credits) AS credits, count(*) AS attempts
+FROM ledger_costs
+WHERE day > (SELECT max(day) FROM ledger_costs) - ?
+GROUP BY day ORDER BY day DESC
+"""
+
+
+def summarize(conn: duckdb.DuckDBPyConnection, *, top_skus: int = 20, days: int = 14) -> dict[str, Any]:
+    """Compute the cost summary on an open connection to a ledger database.
+
+    Args:
+        conn: Any DuckDB connection (read-only is enough) to a database holding the ledger.
+        top_skus: How many SKUs to list, by credits descending.
+        days: How many most recent days (UTC) to list.
+
+    Returns:
+        ``credits``, ``attempts``, ``skus``, ``by_status``, ``by_origin``, ``by_tier_provider``
+        (list of dicts with model_tier, provider, billing, credits, attempts), ``top_skus``,
+        ``recent_days`` and ``estimate_vs_actual`` (estimated, actual).
+
+    Example:
+        >>> summarize(duckdb.connect("ledger.duckdb", read_only=True))["credits"]  # doctest: +SKIP
+        12450
+    """
+    summary: dict[str, Any] = {
+        "credits": 0,
+        "attempts": 0,
+        "skus": 0,
+        "by_status": {},
+        "by_origin": {},
+        "by_tier_provider": [],
+        "estimate_vs_actual": {"estimated": 0, "actual": 0},
+    }
+    rows = conn.execute(_TOTALS_SQL).fetchall()
+    for g_status, g_origin, g_tier, status, origin, tier, provider, billing, n, credits, est, act, skus in rows:
+        credits = int(credits or 0)
+        if g_status and g_origin and g_tier == 7:
+            summary.update(credits=credits, attempts=int(n), skus=int(skus))
+            summary["estimate_vs_actual"] = {"estimated": int(est or 0), "actual": int(act or 0)}
+        elif not g_status:
+            summary["by_status"][status] = {"attempts": int(n), "credits": credits}
+        elif not g_origin:
+            summary["by_origin"][origin] = {"attempts": int(n), "credits": credits}
+        else:
+            summary["by_tier_provider"].append(
+                {"model_tier": tier, "provider": provider, "billing": billing, "attempts": int(n), "credits": credits}
+            )
+    summary["by_tier_provider"].sort(key=lambda r: (-r["credits"], str(r["model_tier"]), str(r["provider"])))
+    summary["top_skus"] = [
+        {"sku": sku, "credits": int(c or 0), "attempts": int(n)}
+        for sku, c, n in conn.execute(_TOP_SKUS_SQL, [top_skus]).fetchall()
+    ]
+    summary["recent_days"] = [
+        {"day": day.isoformat(), "credits": int(c or 0), "attempts": int(n)}
+        for day, c, n in conn.execute(_RECENT_DAYS_SQL, [days]).fetchall()
+    ]
+    return summary
+
+
+def cost_summary(ledger: CreditLedger, *, top_skus: int = 20, days: int = 14) -> dict[str, Any]:
+    """Return the cost summary of ``ledger`` (committed rows) plus its spool backlog.
+
+    The extra key ``spooled_events`` counts writes still waiting for a locked database; they
+    are not in the figures yet.
+
+    Example:
+        >>> cost_summary(ledger)["by_status"]["completed"]  # doctest: +SKIP
+        {'attempts': 1, 'credits': 50}
+    """
+    summary = ledger.read(lambda conn: summarize(conn, top_skus=top_skus, days=days))
+    summary["spooled_events"] = ledger.spooled_count()
+    return summary
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """Render a ``cost_summary`` dict as a Markdown report.
+
+    Example:
+        >>> print(render_markdown({"credits": 0, "attempts": 0, "skus": 0}).splitlines()[0])
+        # Flokan credit report
+    """
+    lines = [
+        "# Flokan credit report",
+        "",
+        f"**{summary['credits']:,} credits** over {summary['attempts']:,} attempts and {summary['skus']:,} SKUs.",
+    ]
+    if summary.get("spooled_events"):
+        lines.append(f"\n_{summary['spooled_events']} ledger write(s) wait in the spool and are not counted yet._")
+    ev = summary.get("estimate_vs_actual")
+    if ev and ev["estimated"]:
+        lines.append(f"\nEstimated {ev['estimated']:,} credits for completed jobs; charged {ev['actual']:,}.")
+
+    def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+        if not rows:
+            return
+        lines.extend(["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)])
+        lines.extend("| " + " | ".join("" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in row) + " |" for row in rows)
+
+    table("By status", ["status", "attempts", "credits"],
+          [[k, v["attempts"], v["credits"]] for k, v in sorted(summary.get("by_status", {}).items())])
+    table("By tier and provider", ["tier", "provider", "billing", "attempts", "credits"],
+          [[r["model_tier"], r["provider"], r["billing"], r["attempts"], r["credits"]]
+           for r in summary.get("by_tier_provider", [])])
+    table("Top SKUs", ["sku", "attempts", "credits"],
+          [[r["sku"], r["attempts"], r["credits"]] for r in summary.get("top_skus", [])])
+    table("Recent days (UTC)", ["day", "attempts", "credits"],
+          [[r["day"], r["attempts"], r["credits"]] for r in summary.get("recent_days", [])])
+    table("By origin", ["origin", "attempts", "credits"],
+          [[k, v["attempts"], v["credits"]] for k, v in sorted(summary.get("by_origin", {}).items())])
+    return "\n".join(lines) + "\n"
+
+
+def cost_report_markdown(ledger: CreditLedger, *, top_skus: int = 20, days: int = 14) -> str:
+    """Return the ledger's cost report as Markdown (for ``MetadataValue.md`` or a file).
+
+    Example:
+        >>> print(cost_report_markdown(ledger))  # doctest: +SKIP
+        # Flokan credit report
+        ...
+    """
+    return render_markdown(cost_summary(ledger, top_skus=top_skus, days=days))
