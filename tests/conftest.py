@@ -1,0 +1,32 @@
+"""Shared fixtures: a real emulator on 127.0.0.1, fresh workspaces, an admin handle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from flokan_dagster.emulator import EmulatorConfig, EmulatorServer
+from tests.support import Admin, Workspace
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorServer]:
+    """One emulator for the session (zero latency); tests isolate themselves by workspace."""
+    config = EmulatorConfig(state_dir=tmp_path_factory.mktemp("emulator"), latency="zero")
+    with EmulatorServer(config) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def admin(emulator: EmulatorServer) -> Admin:
+    """The emulator's admin API."""
+    root = emulator.base_url.split("/api/v1/")[0]
+    return Admin(root=root, storage_url=emulator.storage_url, base_url=emulator.base_url, token="emulator-admin")
+
+
+@pytest.fixture
+def workspace(admin: Admin) -> Iterator[Workspace]:
+    """A fresh workspace per test, with fault rules cleared afterwards."""
+    yield admin.workspace()
+    admin.clear_faults()

@@ -1,0 +1,79 @@
+"""Test helpers: a raw-HTTP handle on the emulator's admin API, workspaces, small images."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from PIL import Image
+
+
+@dataclass
+class Admin:
+    """Raw-HTTP handle on the emulator's admin API (see flokan_dagster/emulator/CONTRACT.md)."""
+
+    root: str
+    storage_url: str
+    base_url: str
+    token: str
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = httpx.request(method, self.root + path, headers={"X-Emulator-Admin": self.token}, timeout=30, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def workspace(self, *, credits: int = 100_000, rate_limit_per_minute: int = 100_000, **fields: Any) -> Workspace:
+        workspace_id = self.call(
+            "POST", "/_emulator/workspaces",
+            json={"name": "test", "credits": credits, "rate_limit_per_minute": rate_limit_per_minute, **fields},
+        )["workspace_id"]  # fmt: skip
+        return Workspace(self, workspace_id, self.key(workspace_id))
+
+    def key(self, workspace_id: str, scopes: tuple[str, ...] = ("image_editor",), permission: bool = True) -> str:
+        return self.call(
+            "POST", f"/_emulator/workspaces/{workspace_id}/keys",
+            json={"scopes": list(scopes), "creator_has_permission": permission},
+        )["api_key"]  # fmt: skip
+
+    def hits(self, route: str) -> int:
+        return int(self.call("GET", "/_emulator/stats")["hits"].get(route, 0))
+
+    def storage_log(self) -> list[dict[str, Any]]:
+        return self.call("GET", "/_emulator/stats")["storage"]
+
+    def fault(self, kind: str, *, route: str = "POST /process", times: int | None = 1,
+              prompt_contains: str | None = None, **params: Any) -> None:  # fmt: skip
+        rule = {"kind": kind, "route": route, "times": times, "prompt_contains": prompt_contains, "params": params}
+        self.call("POST", "/_emulator/faults", json={"rules": [rule]})
+
+    def clear_faults(self) -> None:
+        self.call("DELETE", "/_emulator/faults")
+
+
+@dataclass
+class Workspace:
+    """A fresh emulator workspace and a key with the image_editor scope."""
+
+    admin: Admin
+    workspace_id: str
+    api_key: str
+
+    def info(self) -> dict[str, Any]:
+        return self.admin.call("GET", f"/_emulator/workspaces/{self.workspace_id}")
+
+    def style(self) -> str:
+        return self.admin.call("POST", f"/_emulator/workspaces/{self.workspace_id}/styles", json={"name": "s"})["style_id"]
+
+    def character(self) -> str:
+        return self.admin.call(
+            "POST", f"/_emulator/workspaces/{self.workspace_id}/characters", json={"name": "c"}
+        )["character_id"]
+
+
+def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (64, 48)) -> bytes:
+    """A small real PNG."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
