@@ -1,0 +1,136 @@
+"""What both origins of one emulator share: config, store, faults, rate limiter, counters,
+the URL signer and the job tasks that must outlive their requests.
+
+Example:
+    >>> limiter = RateLimiter()
+    >>> limiter.hit("ws", limit=1).allowed, limiter.hit("ws", limit=1).allowed
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import math
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from flokan_dagster.emulator.config import LATENCY_RANGES_MS, EmulatorConfig
+from flokan_dagster.emulator.faults import FaultBook
+from flokan_dagster.emulator.state import Store
+
+API_PREFIX = "/api/v1/image-editor"
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """The outcome of counting one request against a workspace's per-minute window."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int
+
+    def headers(self) -> dict[str, str]:
+        """The ``X-RateLimit-*`` headers (plus ``Retry-After`` when refused)."""
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_s),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.reset_s)
+        return headers
+
+
+class RateLimiter:
+    """Fixed one-minute windows (aligned to the wall-clock minute) per key; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[int, int]] = {}
+
+    def hit(self, key: str, limit: int) -> RateDecision:
+        """Count one request for ``key`` unless its window is already full."""
+        now = time.time()
+        window = int(now // 60)
+        reset_s = max(1, math.ceil((window + 1) * 60 - now))
+        with self._lock:
+            current, count = self._windows.get(key, (window, 0))
+            if current != window:
+                count = 0
+            allowed = count < limit
+            if allowed:
+                count += 1
+            self._windows[key] = (window, count)
+        return RateDecision(allowed, limit, max(0, limit - count), reset_s)
+
+
+class Runtime:
+    """Shared state of one emulator instance (both origins run on one event loop).
+
+    Args:
+        config: The emulator configuration; latency fields may be changed at run time.
+        store: The durable state.
+        storage_url: Base URL of the storage origin, e.g. ``http://127.0.0.1:9001``.
+    """
+
+    def __init__(self, config: EmulatorConfig, store: Store, storage_url: str) -> None:
+        self.config = config
+        self.store = store
+        self.storage_url = storage_url.rstrip("/")
+        self.faults = FaultBook(config.faults)
+        self.limiter = RateLimiter()
+        self.hits: Counter[str] = Counter()
+        self.storage_log: list[dict[str, Any]] = []
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="flokan-render")
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._secret = store.signing_secret()
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        """Hold a strong reference to a background job task until it finishes."""
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def latency_s(self, job_id: str, fault_ms: int | None) -> float:
+        """Seconds a job's provider call takes: a fault's latency, else the fixed ``latency_ms``,
+        else a draw from the profile (seeded by the job id); always times ``time_scale``."""
+        cfg = self.config
+        if fault_ms is not None:
+            ms = float(fault_ms)
+        elif cfg.latency_ms is not None:
+            ms = float(cfg.latency_ms)
+        else:
+            low, high = LATENCY_RANGES_MS[cfg.latency]
+            ms = random.Random(job_id).uniform(low, high)
+        return ms * cfg.time_scale / 1000
+
+    def sign(self, image_id: str, mime_type: str, expires: int) -> str:
+        """HMAC signature of a presigned PUT URL (covers image id, mime type and expiry)."""
+        message = f"PUT\n{image_id}\n{mime_type}\n{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def presigned_upload_url(self, image_id: str, mime_type: str) -> tuple[str, int]:
+        """Return ``(upload_url, expires_in)`` for an image awaiting its bytes."""
+        ttl = self.config.upload_url_ttl_s
+        expires = int(time.time()) + ttl
+        signature = self.sign(image_id, mime_type, expires)
+        return f"{self.storage_url}/upload/{image_id}?expires={expires}&signature={signature}", ttl
+
+    def public_url(self, workspace_id: str, image_id: str) -> str:
+        """The storage-origin URL an uploaded or result image is served from."""
+        return f"{self.storage_url}/images/{workspace_id}/{image_id}"
+
+    def result_url(self, workspace_id: str, job_id: str) -> str:
+        """The storage-origin URL of a completed job's PNG."""
+        return f"{self.storage_url}/{workspace_id}/processed/{job_id}.png"
+
+    def close(self) -> None:
+        """Stop the rendering threads."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
