@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -28,6 +30,22 @@ _REMOTE_PREFIXES: Final = ("md:", "motherduck:")
 
 class LedgerLockedError(TimeoutError):
     """The ledger database stayed locked by another connection past the deadline."""
+
+
+_PROCESS_LOCKS: dict[str, threading.RLock] = {}
+_PROCESS_LOCKS_GUARD = threading.Lock()
+
+
+def process_lock(database: str) -> threading.RLock:
+    """Return the lock that serialises this process's connections to ``database``.
+
+    DuckDB shares one database instance per file within a process, and a read-only open next to
+    an open read-write connection (or two opens racing) fails; taking turns in-process is both
+    cheaper and kinder than letting threads burn their retry budget on each other.
+    """
+    key = database if is_remote(database) else str(Path(database).resolve())
+    with _PROCESS_LOCKS_GUARD:
+        return _PROCESS_LOCKS.setdefault(key, threading.RLock())
 
 
 def is_remote(database: str) -> bool:
@@ -60,11 +78,11 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, duckdb.IOException):
         return "Could not set lock" in message
     if isinstance(exc, duckdb.ConnectionException):
-        # Same process, other configuration: our own short-lived writer or reader is open.
+        # Same process, other configuration: the caller's own connection to the file is open.
         return "different configuration" in message
-    if isinstance(exc, duckdb.TransactionException):
-        # Remote (MotherDuck) writers conflict optimistically instead of locking.
-        return "onflict" in message
+    if isinstance(exc, duckdb.ResourceInUseException):
+        # Two opens of the same file racing inside one process.
+        return True
     return False
 
 
@@ -89,6 +107,36 @@ def connect_with_retry(
         LedgerLockedError: Still locked at the deadline.
         duckdb.Error: Any other failure to open.
     """
+    conn = connect_unless(
+        database,
+        read_only=read_only,
+        timeout_s=timeout_s,
+        no_longer_needed=lambda: False,
+        initial_backoff_s=initial_backoff_s,
+        max_backoff_s=max_backoff_s,
+    )
+    assert conn is not None  # only a true no_longer_needed() yields None
+    return conn
+
+
+def connect_unless(
+    database: str,
+    *,
+    read_only: bool,
+    timeout_s: float,
+    no_longer_needed: Callable[[], bool],
+    initial_backoff_s: float = 0.01,
+    max_backoff_s: float = 0.5,
+) -> duckdb.DuckDBPyConnection | None:
+    """Like ``connect_with_retry``, but return None as soon as ``no_longer_needed()`` is true.
+
+    A writer waiting for the lock uses this to notice that another process, merging the shared
+    spool, has already committed its events (group commit under contention).
+
+    Raises:
+        LedgerLockedError: Still locked at the deadline.
+        duckdb.Error: Any other failure to open.
+    """
     deadline = time.monotonic() + timeout_s
     ceiling = initial_backoff_s
     while True:
@@ -97,6 +145,8 @@ def connect_with_retry(
         except duckdb.Error as exc:
             if not is_transient(exc):
                 raise
+            if no_longer_needed():
+                return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LedgerLockedError(

@@ -260,7 +260,11 @@ def fold_events(events: Iterable[LedgerEvent]) -> dict[str, Any]:
     Raises:
         ValueError: ``events`` is empty or mixes attempts.
     """
-    ordered = sorted({e.event_id: e for e in events}.values(), key=lambda e: (e.revision, e.event_id))
+    earliest: dict[str, LedgerEvent] = {}
+    # Copies of one event id keep the earliest, as the journal does (see journal.apply_events).
+    for event in sorted(events, key=lambda e: (e.revision, e.event_id)):
+        earliest.setdefault(event.event_id, event)
+    ordered = list(earliest.values())
     if not ordered:
         raise ValueError("no events to fold")
     attempt_id = ordered[0].attempt_id

@@ -11,9 +11,8 @@ spooled completed attempt is already reusable (never pay twice for a locked file
 from __future__ import annotations
 
 import logging
-import threading
+import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import closing
 from datetime import datetime
@@ -24,17 +23,19 @@ import duckdb
 
 from flokan_dagster.ledger.connection import (
     LedgerLockedError,
+    connect_unless,
     connect_with_retry,
     database_file,
     describe,
     is_remote,
+    process_lock,
 )
+from flokan_dagster.ledger.journal import apply_events, fold_with_stored, insert_rows
 from flokan_dagster.ledger.records import (
     COLUMNS,
     AttemptRecord,
     LedgerEvent,
     external_attempt_id,
-    fold_events,
     job_row_fields,
     to_utc_naive,
     utc_now,
@@ -107,10 +108,12 @@ class CreditLedger:
         self.spool = Spool(Path(spool_dir))
         self.lock_timeout_s = lock_timeout_s
         self.read_timeout_s = lock_timeout_s if read_timeout_s is None else read_timeout_s
-        # One writer per process at a time: DuckDB would refuse a second read-write open anyway,
-        # and serialising here keeps threads from burning their lock budget on each other.
-        self._write_lock = threading.Lock()
+        self._process_lock = process_lock(database)
         self._schema_ready = False
+        # After a write found the database locked, the next writes within lock_timeout_s try the
+        # lock once and go straight to the spool: a notebook holding the file for minutes must
+        # not stall every asset write by lock_timeout_s each.
+        self._busy_until = 0.0
 
     def __repr__(self) -> str:
         return f"CreditLedger({describe(self.database)!r})"
@@ -361,7 +364,8 @@ class CreditLedger:
             >>> ledger.flush_spool()  # doctest: +SKIP
             0
         """
-        with self._write_lock:
+        with self._process_lock:
+            self._busy_until = 0.0
             self._merge_spool()
         return self.spool.count()
 
@@ -487,22 +491,33 @@ class CreditLedger:
             >>> ledger.read(lambda c: c.execute("SELECT count(*) FROM attempts").fetchone()[0])  # doctest: +SKIP
             3
         """
-        with closing(self._open_reader()) as conn:
+        with self._process_lock, closing(self._open_reader()) as conn:
             return query(conn)
 
     # ------------------------------------------------------------------ internals
 
     def _write(self, events: list[LedgerEvent]) -> bool:
-        with self._write_lock:
-            for event in events:
-                self.spool.put(event)
-            return self._merge_spool()
+        with self._process_lock:
+            written = [self.spool.put(event) for event in events]
+            return self._merge_spool(written)
 
-    def _merge_spool(self) -> bool:
-        """Apply every spooled event in one transaction; True if the spool was merged."""
+    def _merge_spool(self, written: list[Path] | None = None) -> bool:
+        """Apply every spooled event in one transaction.
+
+        Returns:
+            True once the spool (or at least ``written``) is in the database; False if locked.
+        """
+        timeout_s = 0.0 if time.monotonic() < self._busy_until else self.lock_timeout_s
         try:
-            conn = connect_with_retry(self.database, read_only=False, timeout_s=self.lock_timeout_s)
+            conn = connect_unless(
+                self.database,
+                read_only=False,
+                timeout_s=timeout_s,
+                # Files are removed only after their commit, so gone means merged by another process.
+                no_longer_needed=lambda: bool(written) and not any(p.exists() for p in written or ()),
+            )
         except LedgerLockedError:
+            self._busy_until = time.monotonic() + self.lock_timeout_s
             logger.warning(
                 "ledger %s is locked; %d event(s) kept in spool %s",
                 describe(self.database),
@@ -510,6 +525,9 @@ class CreditLedger:
                 self.spool.directory,
             )
             return False
+        self._busy_until = 0.0
+        if conn is None:
+            return True
         with closing(conn):
             if not self._schema_ready:
                 ensure_schema(conn)
@@ -535,19 +553,20 @@ class CreditLedger:
         ``current_attempts`` is the committed table overlaid with the folded spooled events,
         keeping the same one-row-per-job rule the writer keeps.
         """
-        with closing(self._open_reader()) as conn:
+        with self._process_lock, closing(self._open_reader()) as conn:
             spooled = [event for _, event in self.spool.pending()]
             if not spooled:
                 return query(conn, "WITH current_attempts AS (SELECT * FROM attempts)")
-            rows = _fold_with_stored(conn, spooled)
             conn.execute("CREATE TEMP TABLE spool_overlay AS SELECT * FROM attempts LIMIT 0")
-            _insert_rows(conn, "spool_overlay", rows)
+            replaced, rows = fold_with_stored(conn, spooled)
+            insert_rows(conn, "spool_overlay", rows)
+            conn.execute("CREATE TEMP TABLE spool_replaced AS SELECT unnest(?) AS attempt_id", [replaced])
             source = """WITH merged AS (
-                    SELECT * FROM attempts WHERE attempt_id NOT IN (SELECT attempt_id FROM spool_overlay)
+                    SELECT * FROM attempts WHERE attempt_id NOT IN (SELECT attempt_id FROM spool_replaced)
                     UNION ALL SELECT * FROM spool_overlay),
                 current_attempts AS (
                     SELECT * FROM merged m WHERE NOT coalesce(m.origin = 'external' AND m.job_id IN (
-                        SELECT job_id FROM merged WHERE origin <> 'external' AND job_id IS NOT NULL), false))"""
+                        SELECT job_id FROM merged WHERE origin IS DISTINCT FROM 'external' AND job_id IS NOT NULL), false))"""
             return query(conn, source)
 
     def _query(self, where_sql: str, params: list[Any]) -> list[AttemptRecord]:
@@ -560,7 +579,7 @@ class CreditLedger:
     def _job_owner(self, job_id: str) -> str | None:
         """Return the non-external attempt holding ``job_id``; None if none (or unreadable)."""
         try:
-            rows = self._query("WHERE job_id = ? AND origin <> 'external'", [job_id])
+            rows = self._query("WHERE job_id = ? AND origin IS DISTINCT FROM 'external'", [job_id])
         except LedgerLockedError:
             # The check guards against a matching bug; it must not block settling.
             logger.warning("ledger %s locked; settling without the duplicate-job check", describe(self.database))
@@ -568,80 +587,4 @@ class CreditLedger:
         return rows[0].attempt_id if rows else None
 
 
-def _load_stored_events(conn: duckdb.DuckDBPyConnection, attempt_ids: list[str]) -> list[LedgerEvent]:
-    rows = conn.execute(
-        "SELECT payload FROM attempt_events WHERE attempt_id IN (SELECT unnest(?))", [attempt_ids]
-    ).fetchall()
-    return [LedgerEvent.from_json(r[0]) for r in rows]
-
-
-def _fold_with_stored(conn: duckdb.DuckDBPyConnection, events: list[LedgerEvent]) -> list[dict[str, Any]]:
-    """Fold ``events`` together with the stored events of the same attempts into rows."""
-    by_attempt: dict[str, list[LedgerEvent]] = defaultdict(list)
-    for event in events:
-        by_attempt[event.attempt_id].append(event)
-    for event in _load_stored_events(conn, sorted(by_attempt)):
-        by_attempt[event.attempt_id].append(event)
-    rows = [fold_events(group) for group in by_attempt.values()]
-    # A row only written by a finish (its begin still elsewhere in flight) has no status yet.
-    return [row for row in rows if row["status"] is not None]
-
-
-def _insert_rows(conn: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]) -> None:
-    """Bulk insert via one list parameter per column (far faster than executemany)."""
-    if not rows:
-        return
-    columns = ", ".join(f"unnest(?) AS {c}" for c in COLUMNS)
-    conn.execute(
-        f"INSERT INTO {table} ({_SELECT_COLUMNS}) SELECT * FROM (SELECT {columns})",
-        [[row[c] for row in rows] for c in COLUMNS],
-    )
-
-
-def apply_events(conn: duckdb.DuckDBPyConnection, events: list[LedgerEvent]) -> None:
-    """Journal ``events`` and rebuild the rows they touch, in one transaction.
-
-    Idempotent and order-independent: already-journalled events are skipped, and every touched
-    row is refolded from its full journal. Afterwards no job id is held by an external row when
-    a Dagster attempt holds it.
-    """
-    unique = {}
-    for event in sorted(events, key=lambda e: (e.revision, e.event_id)):
-        unique.setdefault(event.event_id, event)
-    batch = list(unique.values())
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        conn.execute(
-            """INSERT INTO attempt_events
-               SELECT * FROM (SELECT unnest(?) AS event_id, unnest(?) AS attempt_id, unnest(?) AS revision,
-                                     unnest(?) AS written_at, unnest(?) AS kind, unnest(?) AS payload)
-               ON CONFLICT DO NOTHING""",
-            [
-                [e.event_id for e in batch],
-                [e.attempt_id for e in batch],
-                [e.revision for e in batch],
-                [e.written_at for e in batch],
-                [e.kind for e in batch],
-                [e.to_json() for e in batch],
-            ],
-        )
-        attempt_ids = sorted({e.attempt_id for e in batch})
-        rows = _fold_with_stored(conn, batch)
-        conn.execute("DELETE FROM attempts WHERE attempt_id IN (SELECT unnest(?))", [attempt_ids])
-        _insert_rows(conn, "attempts", rows)
-        job_ids = sorted({row["job_id"] for row in rows if row["job_id"] is not None})
-        if job_ids:
-            conn.execute(
-                """DELETE FROM attempts
-                   WHERE origin = 'external' AND job_id IN (
-                       SELECT job_id FROM attempts
-                       WHERE origin <> 'external' AND job_id IN (SELECT unnest(?)))""",
-                [job_ids],
-            )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-__all__ = ["CreditLedger", "apply_events"]
+__all__ = ["CreditLedger"]

@@ -1,0 +1,168 @@
+"""Writes under contention: other processes holding the DuckDB file delay records, never lose them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from flokan_dagster.ledger import CreditLedger
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_HOLD_LOCK = """
+import sys, time, duckdb
+conn = duckdb.connect(sys.argv[1])  # read-write: an analyst's notebook, another run
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.close()
+"""
+
+_WRITER = """
+import sys
+from flokan_dagster.ledger import CreditLedger
+database, worker, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ledger = CreditLedger(database, lock_timeout_s=0.3)
+print("ready", flush=True)
+for i in range(count):
+    aid = ledger.begin_attempt(asset="images", sku=f"{worker}-{i}", prompt="p", model_tier="pro",
+                               estimated_credits=50, attempt_id=f"{worker}-{i}")
+    ledger.finish_attempt(aid, status="completed", job_id=f"job-{worker}-{i}", credits_consumed=i)
+ledger.flush_spool()
+"""
+
+
+@contextmanager
+def lock_held(database: str, seconds: float) -> Iterator[subprocess.Popen[str]]:
+    """Hold ``database`` read-write from another process for about ``seconds``."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, database, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.wait(timeout=seconds + 30)
+
+
+def test_locked_database_spools_writes_and_merges_them_later(tmp_path: Path) -> None:
+    database = str(tmp_path / "ledger.duckdb")
+    ledger = CreditLedger(database, lock_timeout_s=0.2)
+    before = ledger.begin_attempt(asset="images", sku="S0", prompt="p", model_tier="pro")
+
+    with lock_held(database, 3.0) as holder:
+        ids = [ledger.begin_attempt(asset="images", sku=f"S{i}", prompt="p", model_tier="pro") for i in range(1, 4)]
+        assert ledger.finish_attempt(ids[0], status="completed", job_id="j1", credits_consumed=50) is False
+        assert ledger.finish_attempt(before, status="unknown", error="read timeout") is False
+        assert ledger.spooled_count() == 5
+        assert holder.poll() is None, "the writes were meant to happen while the lock was held"
+        assert len(list(ledger.spool.directory.glob("*.event.json"))) == 5
+
+    # The next successful write merges the whole spool.
+    assert ledger.finish_attempt(ids[1], status="failed", error="500") is True
+    assert ledger.spooled_count() == 0
+    rows = {r.attempt_id: r for r in ledger.attempts_for()}
+    assert set(rows) == {before, *ids}
+    assert (rows[ids[0]].status, rows[ids[0]].credits_consumed) == ("completed", 50)
+    assert rows[before].status == "unknown"
+    assert rows[ids[1]].status == "failed"
+    assert rows[ids[2]].status == "pending"
+
+
+def test_flush_spool_merges_explicitly_and_reads_see_spooled_records(tmp_path: Path) -> None:
+    database = str(tmp_path / "ledger.duckdb")
+    writer = CreditLedger(database, lock_timeout_s=0.1)
+    writer.flush_spool()  # create the file
+    with lock_held(database, 2.5):
+        aid = writer.begin_attempt(asset="images", sku="S", prompt="p", model_tier="pro", fingerprint="fp")
+        writer.finish_attempt(aid, status="completed", job_id="j", credits_consumed=50)
+        assert writer.flush_spool() == 2
+    # Before the merge, a reader already sees the spooled completion: no second paid call.
+    reader = CreditLedger(database, lock_timeout_s=5.0)
+    found = reader.find_reusable("images", "S", "fp")
+    assert found is not None and found.attempt_id == aid and found.credits_consumed == 50
+    assert reader.known_job_ids(["j"]) == {"j"}
+    assert reader.credits_spent(found.sent_at) == 50
+    assert writer.flush_spool() == 0
+    with duckdb.connect(database, read_only=True) as conn:
+        assert conn.execute("SELECT status, credits_consumed FROM attempts").fetchall() == [("completed", 50)]
+
+
+def test_reader_waits_for_a_lock_holder(tmp_path: Path) -> None:
+    database = str(tmp_path / "ledger.duckdb")
+    ledger = CreditLedger(database, lock_timeout_s=5.0)
+    ledger.begin_attempt(asset="images", sku="S", prompt="p", model_tier="pro")
+    with lock_held(database, 1.0):
+        started = time.monotonic()
+        assert len(ledger.attempts_for()) == 1
+        assert time.monotonic() - started > 0.3, "the read should have waited for the lock holder"
+
+
+def test_readers_in_threads_while_writer_threads_work(tmp_path: Path) -> None:
+    database = str(tmp_path / "ledger.duckdb")
+    ledger = CreditLedger(database, lock_timeout_s=10.0)
+    ledger.flush_spool()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write(worker: int) -> None:
+        try:
+            for i in range(15):
+                aid = ledger.begin_attempt(asset="images", sku=f"{worker}-{i}", prompt="p", model_tier="pro")
+                ledger.finish_attempt(aid, status="completed", credits_consumed=1)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                seen = ledger.attempts_for()
+                assert all(r.status in ("pending", "completed") for r in seen)
+        except BaseException as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(3)]
+    reader = threading.Thread(target=read)
+    reader.start()
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    done.set()
+    reader.join()
+    assert errors == []
+    assert ledger.credits_spent(ledger.attempts_for()[0].sent_at, include_in_flight=False) == 45
+
+
+def test_concurrent_writer_processes_and_a_lock_holder_lose_nothing(tmp_path: Path) -> None:
+    database = str(tmp_path / "ledger.duckdb")
+    CreditLedger(database).flush_spool()
+    workers, per_worker = 4, 50
+    with lock_held(database, 1.5):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _WRITER, database, f"w{w}", str(per_worker)],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for w in range(workers)
+        ]
+        outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * workers, outputs
+
+    ledger = CreditLedger(database)
+    assert ledger.flush_spool() == 0
+    rows = {r.attempt_id: r for r in ledger.attempts_for()}
+    assert len(rows) == workers * per_worker
+    for w in range(workers):
+        for i in range(per_worker):
+            row = rows[f"w{w}-{i}"]
+            assert (row.status, row.job_id, row.credits_consumed, row.sku, row.estimated_credits) == (
+                "completed", f"job-w{w}-{i}", i, f"w{w}-{i}", 50)
+    assert ledger.credits_spent(min(r.sent_at for r in rows.values() if r.sent_at), include_in_flight=False) == (
+        workers * sum(range(per_worker)))
