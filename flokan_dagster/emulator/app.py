@@ -148,7 +148,7 @@ def _authenticate(runtime: Runtime, request: Request, headers: dict[str, str]) -
     return owner
 
 
-def _collect_faults(runtime: Runtime, route: str, request: Request, workspace_id: str, body: bytes) -> FaultSet:
+def _collect_faults(runtime: Runtime, route: str, request: Request, body: bytes) -> FaultSet:
     """Fold the header's faults, the matching admin rules and (for /process) the seeded plan."""
     faults = FaultSet()
     header = request.headers.get("x-emulator-fault")
@@ -166,8 +166,7 @@ def _collect_faults(runtime: Runtime, route: str, request: Request, workspace_id
     for fault in runtime.faults.matching(route, prompt if isinstance(prompt, str) else None):
         faults.add(fault)
     if route == "POST /process":
-        fields = parsed if isinstance(parsed, dict) else {"raw": body.hex()}
-        for fault in runtime.faults.planned({"workspace_id": workspace_id, **fields}):
+        for fault in runtime.faults.planned(parsed if isinstance(parsed, dict) else {"raw": body.hex()}):
             faults.add(fault)
     return faults
 
@@ -183,7 +182,7 @@ def api_endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[
         try:
             owner = _authenticate(runtime, request, headers)
             body = await request.body()
-            faults = _collect_faults(runtime, route, request, owner["workspace_id"], body)
+            faults = _collect_faults(runtime, route, request, body)
             if faults.http_error is not None:
                 raise ApiError(faults.http_error, f"upstream error {faults.http_error} (injected by the emulator)")
             if faults.rate_limit_retry_after is not None:
