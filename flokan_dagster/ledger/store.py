@@ -10,6 +10,7 @@ spooled completed attempt is already reusable (never pay twice for a locked file
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -326,7 +327,7 @@ class CreditLedger:
         # Content-derived id: the sensor re-seeing an unchanged job adds nothing to the journal.
         content = "|".join(f"{k}={v}" for k, v in sorted(event.fields.items()))
         event_id = str(uuid.uuid5(_EVENT_ID_NAMESPACE, f"{attempt_id}|{content}"))
-        self._write([LedgerEvent(event_id, attempt_id, event.revision, event.written_at, event.kind, event.fields)])
+        self._write([dataclasses.replace(event, event_id=event_id)])
         return attempt_id
 
     def settle_attempt(self, attempt_id: str, job_row: Mapping[str, Any]) -> bool:
