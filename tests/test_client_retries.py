@@ -107,19 +107,26 @@ def test_process_connect_failure_is_retried_then_a_connection_error() -> None:
     assert client.stats.requests == 3
 
 
-@pytest.mark.parametrize(("route", "call"), [
-    ("GET /jobs", lambda c: c.list_jobs()),
-    ("POST /estimate-credits", lambda c: c.estimate_credits("pro")),
-    ("POST /upload-url", lambda c: c.upload_image(png_bytes())),
+CALLS = {
+    "GET /jobs": lambda c: c.list_jobs(),
+    "POST /estimate-credits": lambda c: c.estimate_credits("pro"),
+    "POST /upload-url": lambda c: c.upload_image(png_bytes()),
+}
+
+
+@pytest.mark.parametrize("route", list(CALLS))
+@pytest.mark.parametrize(("kind", "params"), [
+    ("http_error", {"status": 502}), ("http_error", {"status": 503}), ("http_error", {"status": 504}),
+    ("rate_limit", {"retry_after": 0}),
 ])  # fmt: skip
-def test_idempotent_calls_retry_502_to_504_and_429(admin: Admin, workspace: Workspace, route: str, call) -> None:  # type: ignore[no-untyped-def]
-    admin.fault("http_error", route=route, times=1, status=502)
-    admin.fault("http_error", route=route, times=1, status=504)
-    admin.fault("rate_limit", route=route, times=1, retry_after=0)
+def test_idempotent_calls_retry_502_to_504_and_429(
+    admin: Admin, workspace: Workspace, route: str, kind: str, params: dict[str, int]
+) -> None:
+    admin.fault(kind, route=route, times=2, **params)
     hits = admin.hits(route)
     with client_for(workspace) as client:
-        call(client)
-    assert admin.hits(route) == hits + 4
+        CALLS[route](client)
+    assert admin.hits(route) == hits + 3
 
 
 def test_idempotent_500_is_not_retried(admin: Admin, workspace: Workspace) -> None:
@@ -148,9 +155,10 @@ def test_total_wait_is_bounded(admin: Admin, workspace: Workspace) -> None:
 
 @pytest.mark.parametrize("variant", ["non_json", "missing_fields", "wrong_types", "truncated"])
 def test_malformed_answers(admin: Admin, workspace: Workspace, variant: str) -> None:
-    admin.fault("malformed", route="GET /jobs", variant=variant)
-    admin.fault("malformed", prompt_contains=f"bad-{variant}", variant=variant)
     with client_for(workspace, max_attempts=1) as client:
+        client.process("a job for the listing to break", "standard")
+        admin.fault("malformed", route="GET /jobs", variant=variant)
+        admin.fault("malformed", prompt_contains=f"bad-{variant}", variant=variant)
         with pytest.raises((FlokanResponseError, FlokanConnectionError)) as listing:
             client.list_jobs()
         with pytest.raises(FlokanUnknownOutcomeError) as processing:
@@ -160,7 +168,7 @@ def test_malformed_answers(admin: Admin, workspace: Workspace, variant: str) -> 
 
 
 def test_huge_answers_are_refused(admin: Admin, workspace: Workspace) -> None:
-    admin.fault("malformed", route="GET /jobs", variant="huge")
+    admin.fault("malformed", route="GET /jobs", variant="huge", bytes=17 * 1024 * 1024)
     with client_for(workspace) as client, pytest.raises(FlokanResponseError) as err:
         client.list_jobs()
     assert "exceeds" in str(err.value)
@@ -201,6 +209,9 @@ def test_tracker_waits_for_the_reset_when_nothing_remains() -> None:
     assert 4.0 < tracker.wait_before_request() <= 5.0  # then it waits for the reset
     tracker.observe({"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "0"})
     assert tracker.wait_before_request() == 0.0  # the window already reset
+    tracker.observe({"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "50"})
+    tracker.defer_to_retry_after()
+    assert tracker.wait_before_request() == 0.0  # a 429's Retry-After governs instead
 
 
 def test_async_client_bounds_concurrency(admin: Admin, workspace: Workspace) -> None:
@@ -243,7 +254,7 @@ def test_resource_configures_a_client_and_keeps_the_key_out_of_dagster(workspace
     assert workspace.api_key not in repr(resource)
 
     @dg.asset
-    def probe(context: dg.AssetExecutionContext, flokan: FlokanResource) -> dg.MaterializeResult:
+    def probe(context, flokan: FlokanResource):  # type: ignore[no-untyped-def]
         with flokan.get_client() as client:
             estimate = client.estimate_credits("pro")
         context.log.info(f"resource: {flokan!r}")

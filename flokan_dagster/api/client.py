@@ -160,7 +160,7 @@ class _ClientBase:
                 rule="the declared mime type must match the file's content",
             )
         try:
-            request = UploadUrlRequest.create(file_name or default_name, sniffed, len(data))
+            request = UploadUrlRequest.create(default_name if file_name is None else file_name, sniffed, len(data))
         except rules.RuleViolation as exc:
             raise rule_error(exc) from None
         return self._engine.api_call("POST", "/upload-url", json=request.body()), data, sniffed

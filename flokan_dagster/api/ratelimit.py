@@ -60,6 +60,16 @@ class RateLimitTracker:
             self._remaining = remaining
             self._reset_at = now + reset if reset is not None else None
 
+    def defer_to_retry_after(self) -> None:
+        """A 429 named its own ``Retry-After``: that governs the retry, not the window countdown.
+
+        A provider-side 429 can come with Flokan's window at zero and a reset a minute away;
+        waiting for both would double the pause.
+        """
+        with self._lock:
+            self._remaining = None
+            self._reset_at = None
+
     def wait_before_request(self) -> float:
         """Seconds to wait before sending, and count the request against the window.
 

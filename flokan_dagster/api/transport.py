@@ -203,6 +203,8 @@ class Engine:
         if 200 <= status < 300:
             return None
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if status == 429 and retry_after is not None and call.api:
+            self.rate_limit.defer_to_retry_after()
         if is_retryable_status(status, idempotent=call.idempotent) and attempt + 1 < self.retry.max_attempts:
             wait = retry_after if retry_after is not None else self.retry.backoff(attempt)
             if waited_s + wait <= self.retry.max_total_wait_s:
