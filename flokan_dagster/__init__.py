@@ -26,10 +26,31 @@ from flokan_dagster.api.errors import (
     RateLimitState,
 )
 from flokan_dagster.api.models import CreditEstimate, Job, JobPage, ProcessRequest, ProcessResult
-from flokan_dagster.resource import FlokanResource
+from flokan_dagster.assets import SKU_PARTITIONS, FlokanImageConfig, build_flokan_image_asset
+from flokan_dagster.catalog import Catalog, CatalogMapping, load_catalog, partition_changes
+from flokan_dagster.image_store import ImageStore
+from flokan_dagster.ledger import AttemptRecord, CreditLedger, LedgerLockedError, cost_report_markdown, cost_summary
+from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
+from flokan_dagster.runs import materialize_skus
 
 __all__ = [
+    "SKU_PARTITIONS",
     "AsyncFlokanClient",
+    "AttemptRecord",
+    "Catalog",
+    "CatalogMapping",
+    "CreditLedger",
+    "FlokanImageConfig",
+    "FlokanLedgerResource",
+    "ImageStore",
+    "ImageStoreResource",
+    "LedgerLockedError",
+    "build_flokan_image_asset",
+    "cost_report_markdown",
+    "cost_summary",
+    "load_catalog",
+    "materialize_skus",
+    "partition_changes",
     "CreditEstimate",
     "FlokanAuthenticationError",
     "FlokanByokNotConfiguredError",

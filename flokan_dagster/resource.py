@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -26,6 +27,8 @@ from flokan_dagster.api.client import (
     AsyncFlokanClient,
     FlokanClient,
 )
+from flokan_dagster.image_store import ImageStore
+from flokan_dagster.ledger import CreditLedger
 
 
 class FlokanResource(dg.ConfigurableResource):
@@ -83,3 +86,42 @@ class FlokanResource(dg.ConfigurableResource):
     def get_async_client(self) -> AsyncFlokanClient:
         """A new async client bounded by ``max_concurrency`` (use ``async with``)."""
         return AsyncFlokanClient(max_concurrency=self.max_concurrency, **self._client_options())
+
+
+class FlokanLedgerResource(dg.ConfigurableResource):
+    """Where the DuckDB credit ledger lives.
+
+    Example:
+        >>> ledger = FlokanLedgerResource(database="data/flokan/ledger.duckdb")
+    """
+
+    database: str = Field(
+        description="DuckDB database: a file path, or any DuckDB connection string such as 'md:flokan' for MotherDuck."
+    )
+    spool_dir: str | None = Field(
+        default=None,
+        description="Directory where records wait while the database is locked (default: '<database>.spool'; required for md:).",
+    )
+    lock_timeout_s: float = Field(default=10.0, ge=0, description="Seconds a write retries a locked database before it is spooled.")
+
+    def get_ledger(self) -> CreditLedger:
+        """A ledger handle (cheap: connections are opened per write)."""
+        return CreditLedger(
+            self.database,
+            spool_dir=Path(self.spool_dir) if self.spool_dir else None,
+            lock_timeout_s=self.lock_timeout_s,
+        )
+
+
+class ImageStoreResource(dg.ConfigurableResource):
+    """Where result images are written.
+
+    Example:
+        >>> images = ImageStoreResource(directory="data/flokan/images")
+    """
+
+    directory: str = Field(description="Directory of the image store (created when missing).")
+
+    def get_store(self) -> ImageStore:
+        """The image store."""
+        return ImageStore(self.directory)

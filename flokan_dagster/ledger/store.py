@@ -442,6 +442,31 @@ class CreditLedger:
         )
         return {r[0] for r in rows}
 
+    def owned_job_ids(self, job_ids: Iterable[str], except_attempt: str | None = None) -> set[str]:
+        """Return which of ``job_ids`` belong to a Dagster attempt (not an external row).
+
+        Settling an unknown outcome must not adopt a job another attempt already owns.
+
+        Args:
+            job_ids: Candidate job ids.
+            except_attempt: An attempt whose own job does not count (the one being settled).
+
+        Example:
+            >>> ledger.owned_job_ids(["j1", "j-new"])  # doctest: +SKIP
+            {'j1'}
+        """
+        wanted = sorted({str(j) for j in job_ids})
+        if not wanted:
+            return set()
+        rows = self._read(
+            lambda conn, source: conn.execute(
+                f"""{source} SELECT DISTINCT job_id FROM current_attempts
+                WHERE job_id IN (SELECT unnest(?)) AND origin <> 'external' AND attempt_id IS DISTINCT FROM ?""",
+                [wanted, except_attempt],
+            ).fetchall()
+        )
+        return {r[0] for r in rows}
+
     def credits_spent(self, since: datetime, *, include_in_flight: bool = True) -> int:
         """Return credits spent on jobs created at or after ``since`` (for a daily budget).
 

@@ -1,0 +1,255 @@
+"""The per-SKU image asset factory.
+
+``build_flokan_image_asset`` makes an asset partitioned by SKU that generates (text-to-image) or
+edits (a local photo, an https URL, or an upstream image asset's result) one image per SKU. A run
+covers a batch of SKUs, processed concurrently; each SKU is materialized with its own metadata
+as soon as it is done, and only the SKUs that failed are marked failed, by name.
+
+Example:
+    >>> from flokan_dagster.catalog import CatalogMapping
+    >>> hero = build_flokan_image_asset(
+    ...     "hero_images",
+    ...     catalog="data/catalog.csv",
+    ...     mapping=CatalogMapping(prompt_template="Studio photo of {title} in {color}"),
+    ... )
+    >>> hero.key.to_user_string()
+    'hero_images'
+"""
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from flokan_dagster.batch import BatchRunner, SettleSettings, SkuOutcome
+from flokan_dagster.budget import BudgetLimits, enforce_budget
+from flokan_dagster.catalog import CatalogMapping, load_catalog
+from flokan_dagster.image_store import inspect_image, thumbnail_data_uri
+from flokan_dagster.planning import plan_batch
+from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
+
+SKU_PARTITIONS = dg.DynamicPartitionsDefinition(name="flokan_skus")
+CHECK_IMAGE = "stored_image_is_valid"
+CHECK_CREDITS = "credits_within_estimate"
+
+
+class FlokanImageConfig(dg.Config):
+    """Run configuration of a Flokan image asset (set it in the launchpad)."""
+
+    force: bool = Field(default=False, description="Regenerate SKUs whose inputs did not change (pays again).")
+    run_budget_credits: int | None = Field(
+        default=None, ge=0, description="Refuse the run if its estimate exceeds this many credits (overrides the asset's default)."
+    )
+
+
+def build_flokan_image_asset(
+    name: str,
+    *,
+    catalog: str | Path,
+    mapping: CatalogMapping,
+    catalog_table: str | None = None,
+    upstream: dg.AssetsDefinition | dg.AssetKey | str | None = None,
+    partitions_def: dg.DynamicPartitionsDefinition = SKU_PARTITIONS,
+    batch_size: int = 25,
+    run_budget_credits: int | None = None,
+    daily_budget_credits: int | None = None,
+    expected_format: str = "PNG",
+    expected_size: tuple[int, int] | None = None,
+    settle_timeout_s: float = 120.0,
+    settle_poll_s: float = 2.0,
+    group_name: str = "flokan",
+    pool: str = "flokan",
+    description: str | None = None,
+) -> dg.AssetsDefinition:
+    """Make an asset that produces one Flokan image per SKU partition.
+
+    Args:
+        name: Asset name.
+        catalog: The catalog file (CSV, Parquet, or a DuckDB database with ``catalog_table``).
+        mapping: Which columns hold the SKU, the prompt (or its template), the source image and
+            per-row tier, provider, style and character, with the defaults.
+        catalog_table: Table name when ``catalog`` is a DuckDB database.
+        upstream: An image asset whose result each SKU edits (a chained edit via its
+            ``result_image_id``, never re-uploaded).
+        partitions_def: The SKU partitions (shared by every image asset of a pipeline).
+        batch_size: SKUs per run when backfilling (``BackfillPolicy.multi_run``).
+        run_budget_credits: Refuse a run whose estimate exceeds this.
+        daily_budget_credits: Refuse a run that would take today's (UTC) spending past this.
+        expected_format: Image format the stored-image check expects.
+        expected_size: ``(width, height)`` the stored-image check expects, if fixed.
+        settle_timeout_s: How long a run looks for the job of an unknown outcome.
+        settle_poll_s: Pause between those looks.
+        group_name: Asset group.
+        pool: Dagster concurrency pool shared by every run calling Flokan.
+        description: Asset description.
+
+    Returns:
+        The asset, with its two checks (stored image valid, credits within estimate).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    upstream_key = _key_of(upstream) if upstream is not None else None
+    key = dg.AssetKey(name)
+    settle = SettleSettings(timeout_s=settle_timeout_s, poll_s=settle_poll_s)
+    catalog_path = str(catalog)
+
+    @dg.asset(
+        name=name,
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.multi_run(batch_size),
+        deps=[upstream_key] if upstream_key else None,
+        output_required=False,
+        pool=pool,
+        group_name=group_name,
+        kinds={"flokan", "duckdb"},
+        description=description or f"One Flokan image per SKU from {Path(catalog_path).name}.",
+        check_specs=[
+            dg.AssetCheckSpec(CHECK_IMAGE, asset=key, description=f"Stored images decode as {expected_format}" + (f" of {expected_size[0]}x{expected_size[1]}" if expected_size else "")),
+            dg.AssetCheckSpec(CHECK_CREDITS, asset=key, description="Credits charged do not exceed the estimate"),
+        ],
+    )
+    async def _image_asset(
+        context: dg.AssetExecutionContext,
+        config: FlokanImageConfig,
+        flokan: FlokanResource,
+        flokan_ledger: FlokanLedgerResource,
+        flokan_images: ImageStoreResource,
+    ):  # no return annotation: Dagster would read it as the type of the step's outputs
+        ledger, store = flokan_ledger.get_ledger(), flokan_images.get_store()
+        skus = list(context.partition_keys)
+        table = load_catalog(catalog_path, mapping, table=catalog_table)
+        plan = plan_batch(
+            skus, table, ledger=ledger, store=store, asset=name, run_id=context.run.run_id,
+            upstream=upstream_key.to_user_string() if upstream_key else None, force=config.force,
+        )  # fmt: skip
+        outcomes: list[SkuOutcome] = []
+        done = 0
+        for outcome in plan.settled:
+            done += 1
+            outcomes.append(outcome)
+            _log_progress(context, done, len(skus), outcome)
+            if outcome.kind != "failed":
+                yield _materialization(key, outcome)
+        limits = BudgetLimits(
+            run_budget_credits=config.run_budget_credits if config.run_budget_credits is not None else run_budget_credits,
+            daily_budget_credits=daily_budget_credits,
+        )
+        async with flokan.get_async_client() as client:
+            decision = await enforce_budget(client, ledger, plan.tasks, limits, asset=name, run_id=context.run.run_id)
+            outcomes.extend(decision.rejected)
+            context.log.info(f"{len(plan.tasks)} SKU(s) to process, estimated at up to {decision.estimated_credits} credits")
+            if decision.refusal is not None:
+                context.log.error(decision.refusal)
+                outcomes.extend(SkuOutcome(task.spec.sku, "failed", error=decision.refusal) for task in plan.tasks)
+            else:
+                runner = BatchRunner(
+                    client=client, ledger=ledger, store=store, asset=name, run_id=context.run.run_id, settle=settle, log=context.log
+                )
+                async for outcome in runner.run(plan.tasks):
+                    done += 1
+                    outcomes.append(outcome)
+                    _log_progress(context, done, len(skus), outcome)
+                    if outcome.kind != "failed":
+                        yield _materialization(key, outcome)
+        ledger.flush_spool()
+        yield _image_check(key, outcomes, expected_format, expected_size)
+        yield _credits_check(key, outcomes)
+        failed = [o for o in outcomes if o.kind == "failed"]
+        if failed:
+            raise dg.Failure(
+                description=f"{len(failed)} of {len(skus)} SKU(s) failed:\n"
+                + "\n".join(f"- {o.sku}: {o.error}" for o in failed),
+                metadata={"failed_skus": dg.MetadataValue.json({o.sku: o.error for o in failed})},
+                allow_retries=False,
+            )
+
+    return _image_asset
+
+
+def _key_of(upstream: dg.AssetsDefinition | dg.AssetKey | str) -> dg.AssetKey:
+    if isinstance(upstream, dg.AssetsDefinition):
+        return upstream.key
+    return dg.AssetKey.from_coercible(upstream)
+
+
+def _log_progress(context: dg.AssetExecutionContext, done: int, total: int, outcome: SkuOutcome) -> None:
+    if outcome.kind == "failed":
+        context.log.error(f"[{done}/{total}] {outcome.sku} failed after {outcome.seconds:.1f}s: {outcome.error}")
+    else:
+        context.log.info(
+            f"[{done}/{total}] {outcome.sku} {outcome.kind} in {outcome.seconds:.1f}s, {outcome.credits_spent} credits"
+        )
+
+
+def _materialization(key: dg.AssetKey, outcome: SkuOutcome) -> dg.AssetMaterialization:
+    """One SKU's materialization, with everything a person auditing the image needs."""
+    record, stored = outcome.record, outcome.stored
+    assert record is not None and stored is not None
+    metadata: dict[str, Any] = {
+        "outcome": outcome.kind,
+        "job_id": record.job_id or "",
+        "status": record.status,
+        "model_tier": record.model_tier or "",
+        "provider_used": record.provider_used or "",
+        "credits_consumed": dg.MetadataValue.int(int(record.credits_consumed or 0)),
+        "credits_spent_this_run": dg.MetadataValue.int(outcome.credits_spent),
+        "estimated_credits": dg.MetadataValue.int(int(record.estimated_credits or 0)),
+        "processing_ms": dg.MetadataValue.int(int(record.processing_ms or 0)),
+        "seconds": dg.MetadataValue.float(round(outcome.seconds, 3)),
+        "result_url": dg.MetadataValue.url(record.result_url or ""),
+        "result_image_id": record.result_image_id or "",
+        "fingerprint": record.fingerprint or "",
+        "width": dg.MetadataValue.int(stored.width),
+        "height": dg.MetadataValue.int(stored.height),
+        "bytes": dg.MetadataValue.int(stored.size_bytes),
+        "sha256": stored.sha256,
+        "path": dg.MetadataValue.path(str(stored.path)),
+        "thumbnail": dg.MetadataValue.md(f"![{outcome.sku}]({thumbnail_data_uri(stored.path.read_bytes())})"),
+    }
+    return dg.AssetMaterialization(asset_key=key, partition=outcome.sku, metadata=metadata)
+
+
+def _image_check(
+    key: dg.AssetKey, outcomes: list[SkuOutcome], expected_format: str, expected_size: tuple[int, int] | None
+) -> dg.AssetCheckResult:
+    problems: dict[str, str] = {}
+    checked = 0
+    for outcome in outcomes:
+        if outcome.stored is None:
+            continue
+        checked += 1
+        try:
+            width, height, fmt = inspect_image(outcome.stored.path.read_bytes())
+        except (OSError, ValueError) as exc:
+            problems[outcome.sku] = str(exc)
+            continue
+        if fmt != expected_format:
+            problems[outcome.sku] = f"format {fmt}, expected {expected_format}"
+        elif expected_size is not None and (width, height) != tuple(expected_size):
+            problems[outcome.sku] = f"size {width}x{height}, expected {expected_size[0]}x{expected_size[1]}"
+    return dg.AssetCheckResult(
+        asset_key=key,
+        check_name=CHECK_IMAGE,
+        passed=not problems,
+        metadata={"checked": checked, "problems": dg.MetadataValue.json(problems)},
+    )
+
+
+def _credits_check(key: dg.AssetKey, outcomes: list[SkuOutcome]) -> dg.AssetCheckResult:
+    over: dict[str, str] = {}
+    checked = 0
+    for outcome in outcomes:
+        record = outcome.record
+        if record is None or outcome.kind == "reused" or record.estimated_credits is None:
+            continue
+        checked += 1
+        if (record.credits_consumed or 0) > record.estimated_credits:
+            over[outcome.sku] = f"charged {record.credits_consumed}, estimated {record.estimated_credits}"
+    return dg.AssetCheckResult(
+        asset_key=key,
+        check_name=CHECK_CREDITS,
+        passed=not over,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"checked": checked, "over_estimate": dg.MetadataValue.json(over)},
+    )

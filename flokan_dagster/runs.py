@@ -1,0 +1,88 @@
+"""Materialize chosen SKUs through Dagster in batches, the way a backfill from the UI would.
+
+A batched run covers a contiguous range of the dynamic SKU partitions (in the instance's order),
+at most ``batch_size`` long, exactly like ``BackfillPolicy.multi_run`` splits a backfill.
+
+Example:
+    >>> sku_ranges(["A", "B", "C", "D", "E"], ["A", "B", "D"], batch_size=10)
+    [('A', 'B'), ('D', 'D')]
+"""
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import dagster as dg
+
+# Dagster's documented run tags for a partition range (a batched run of a partitioned asset).
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def sku_ranges(ordered_keys: Sequence[str], selected: Iterable[str], batch_size: int) -> list[tuple[str, str]]:
+    """Split ``selected`` into contiguous ranges of ``ordered_keys``, each at most ``batch_size`` long."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    wanted = set(selected)
+    missing = wanted - set(ordered_keys)
+    if missing:
+        raise ValueError(f"not partitions of the instance: {', '.join(sorted(missing))}")
+    ranges: list[tuple[str, str]] = []
+    start: int | None = None
+    for index, key in enumerate([*ordered_keys, None]):
+        if key is not None and key in wanted:
+            if start is None:
+                start = index
+            elif index - start == batch_size:
+                ranges.append((ordered_keys[start], ordered_keys[index - 1]))
+                start = index
+        elif start is not None:
+            ranges.append((ordered_keys[start], ordered_keys[index - 1]))
+            start = None
+    return ranges
+
+
+def materialize_skus(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    assets: Sequence[dg.AssetKey | str],
+    skus: Iterable[str],
+    *,
+    partitions_name: str,
+    batch_size: int,
+    run_config: dict[str, Any] | None = None,
+    on_result: Callable[[dg.AssetKey, tuple[str, str], dg.ExecuteInProcessResult], None] | None = None,
+) -> list[dg.ExecuteInProcessResult]:
+    """Run each asset (in the given order) over ``skus`` in batched runs; never raises on a failed run.
+
+    Args:
+        defs: The definitions holding the assets and their resources.
+        instance: The Dagster instance (its dynamic partitions must already hold the SKUs).
+        assets: Asset keys in dependency order (upstream first).
+        skus: Partition keys to materialize.
+        partitions_name: Name of the dynamic partitions definition.
+        batch_size: SKUs per run.
+        run_config: Run config applied to each run (e.g. ``force``).
+        on_result: Called after each run.
+
+    Returns:
+        Every run's result, in order.
+    """
+    ordered = instance.get_dynamic_partitions(partitions_name)
+    chosen = list(dict.fromkeys(skus))
+    results = []
+    job = defs.resolve_implicit_global_asset_job_def()
+    for asset in assets:
+        key = dg.AssetKey.from_coercible(asset)
+        config = {"ops": {key.to_python_identifier(): {"config": run_config}}} if run_config else None
+        for first, last in sku_ranges(ordered, chosen, batch_size):
+            result = job.execute_in_process(
+                run_config=config,
+                instance=instance,
+                asset_selection=[key],
+                tags={RANGE_START_TAG: first, RANGE_END_TAG: last},
+                raise_on_error=False,
+            )
+            if on_result is not None:
+                on_result(key, (first, last), result)
+            results.append(result)
+    return results
