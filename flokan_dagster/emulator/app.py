@@ -330,6 +330,7 @@ async def _run_job(
 ) -> dict[str, Any]:
     """Simulate the provider call and settle the job; runs as a task a hang-up cannot cancel."""
     started = time.monotonic()
+    runtime.store.set_job_status(job["job_id"], "processing")
     loop = asyncio.get_running_loop()
     render = None if faults.provider_error else loop.run_in_executor(runtime.executor, _render_call(runtime, req, source))
     await asyncio.sleep(runtime.latency_s(job["job_id"], faults.latency_ms))
@@ -397,7 +398,6 @@ async def process(call: Call) -> tuple[int, dict[str, Any]]:
         "created_at": iso_now(),
     }
     runtime.store.insert_job(job)
-    runtime.store.set_job_status(job["job_id"], "processing")
     task = asyncio.create_task(_run_job(runtime, job, req, source, call.faults, cost))
     runtime.keep(task)
     data = await asyncio.shield(task)

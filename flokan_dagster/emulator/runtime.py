@@ -16,7 +16,7 @@ import math
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -88,7 +88,7 @@ class Runtime:
         self.faults = FaultBook(config.faults)
         self.limiter = RateLimiter()
         self.hits: Counter[str] = Counter()
-        self.storage_log: list[dict[str, Any]] = []
+        self.storage_log: deque[dict[str, Any]] = deque(maxlen=10_000)
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="flokan-render")
         self.tasks: set[asyncio.Task[Any]] = set()
         self._secret = store.signing_secret()

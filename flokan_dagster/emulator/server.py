@@ -230,7 +230,10 @@ class EmulatorProcess:
         cmd = [sys.executable, "-m", "flokan_dagster.emulator.cli", "--config", str(config_path),
                "--host", self.host, "--port", str(self.port), "--storage-port", str(self.storage_port)]
         stderr = open(self.log_path, "w")  # noqa: SIM115 - handed to the child, closed below
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The child must import this very package even when it is not installed (a checkout).
+        package_root = str(Path(__file__).resolve().parents[2])
+        python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path}
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
         stderr.close()
         values = self._read_banner(self._proc.stdout, timeout)
