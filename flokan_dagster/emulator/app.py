@@ -197,8 +197,6 @@ def api_endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[
         except ApiError as exc:
             status, payload = exc.status, {"success": False, "error": exc.message}
             headers.update(exc.headers)
-            if not faults.drop_after_complete:
-                return _json(status, payload, headers)
         if faults.drop_after_complete:
             return DroppedResponse(json.dumps(payload).encode(), status, headers, media_type="application/json")
         if faults.malformed and status < 400:
@@ -295,7 +293,7 @@ async def get_job(call: Call) -> tuple[int, dict[str, Any]]:
     return 200, {"success": True, "data": public_job(call.runtime, row)}
 
 
-def _source_bytes(call: Call, req: ProcessRequest) -> bytes | None:
+async def _source_bytes(call: Call, req: ProcessRequest) -> bytes | None:
     """The edit's source image: an uploaded image_id, or image_url (never fetched over the
     network: storage-origin URLs are read from the store, others are synthesised)."""
     store = call.runtime.store
@@ -309,13 +307,17 @@ def _source_bytes(call: Call, req: ProcessRequest) -> bytes | None:
     if req.image_url is None:
         return None
     if is_storage_url(call.runtime, req.image_url):
-        data = stored_image_for_path(call.runtime, urlsplit(req.image_url).path)
+        loop = asyncio.get_running_loop()
+        path = urlsplit(req.image_url).path
+        data = await loop.run_in_executor(call.runtime.executor, stored_image_for_path, call.runtime, path)
         if data is None:
             raise ApiError(400, "image_url could not be fetched")
         return data
     if urlsplit(req.image_url).path.rstrip("/").endswith("/missing"):
         raise ApiError(400, "image_url could not be fetched")
-    return rendering.source_for_url(req.image_url, call.runtime.config.image_size)
+    loop = asyncio.get_running_loop()
+    size = call.runtime.config.image_size
+    return await loop.run_in_executor(call.runtime.executor, rendering.source_for_url, req.image_url, size)
 
 
 def _render_call(runtime: Runtime, req: ProcessRequest, source: bytes | None) -> Callable[[], bytes]:
@@ -373,7 +375,7 @@ async def process(call: Call) -> tuple[int, dict[str, Any]]:
     for kind, preset_id in (("style", req.style_id), ("character", req.character_id)):
         if preset_id is not None and not runtime.store.preset_visible(kind, preset_id, call.workspace_id):
             raise ApiError(404, f"{kind}_id: {kind} {preset_id} not found in this workspace")
-    source = _source_bytes(call, req)
+    source = await _source_bytes(call, req)
     lowered = req.prompt.lower()
     if call.faults.safety or any(word.lower() in lowered for word in runtime.config.safety_words):
         raise ApiError(422, "prompt rejected by the provider's safety filter")

@@ -124,11 +124,11 @@ async def _upload(request: Request) -> Response:
 
 async def _image(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    image = runtime.store.image(request.path_params["image_id"])
     data = stored_image_for_path(runtime, request.url.path)
-    if image is None or data is None:
+    if data is None:
         return _error(404, "image not found")
-    return Response(data, media_type=image["mime_type"])
+    image = runtime.store.image(request.path_params["image_id"])
+    return Response(data, media_type=image["mime_type"] if image else "application/octet-stream")
 
 
 async def _result(request: Request) -> Response:

@@ -137,6 +137,7 @@ def _image_url(body: Mapping[str, Any]) -> str | None:
     try:
         parts = urlsplit(url)
         host = parts.hostname
+        _ = parts.port  # raises on a port that is not a number in 0-65535
     except ValueError:
         raise invalid("image_url", "must be a valid URL") from None
     if parts.scheme.lower() != "https":

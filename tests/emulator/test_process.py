@@ -235,3 +235,9 @@ def test_estimate_reports_the_balance(make_workspace: Callable[..., Workspace]) 
     poor = make_workspace(credits=25)
     data = poor.client.post("/estimate-credits", json={"model_tier": "pro"}).json()["data"]
     assert (data["available_credits"], data["estimated_credits"], data["can_proceed"]) == (25, 50, False)
+
+
+def test_image_url_with_a_bad_port_is_400(ws: Workspace) -> None:
+    response = ws.client.post("/process", json={"prompt": "x", "model_tier": "pro",
+                                                "image_url": "https://example.invalid:99999/a.png"})
+    assert response.status_code == 400 and response.json()["error"].startswith("image_url:")

@@ -83,6 +83,7 @@ def process_bodies(draw: st.DrawFn, ids: dict[str, str]) -> tuple[dict[str, Any]
                       st.from_regex(r"\Ahttps://example\.invalid/[a-z0-9]{1,20}\.png\Z")),
             st.one_of(not_a_string, st.just(""), st.just("http://example.invalid/a.png"), st.just("https://"),
                       st.just("https://example.invalid/a b.png"), st.just("ftp://example.invalid/a.png"),
+                      st.just("https://example.invalid:99999/a.png"),
                       st.just("https://example.invalid/" + "a" * 2000))))),
         ("style_id", draw(uuid_field(ids["style_id"]))),
         ("character_id", draw(uuid_field(ids["character_id"]))),
