@@ -16,6 +16,8 @@ Example:
     'hero_images'
 """
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,9 @@ from flokan_dagster.planning import plan_batch
 from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
 
 SKU_PARTITIONS = dg.DynamicPartitionsDefinition(name="flokan_skus")
+# Each SKU's outcome is also logged here (record attribute ``flokan_outcome``) so an in-process
+# caller such as the CLI can show progress live.
+progress_logger = logging.getLogger("flokan_dagster.progress")
 CHECK_IMAGE = "stored_image_is_valid"
 CHECK_CREDITS = "credits_within_estimate"
 
@@ -93,22 +98,28 @@ def build_flokan_image_asset(
     key = dg.AssetKey(name)
     settle = SettleSettings(timeout_s=settle_timeout_s, poll_s=settle_poll_s)
     catalog_path = str(catalog)
+    expected = expected_format + (f" of {expected_size[0]}x{expected_size[1]}" if expected_size else "")
 
-    @dg.asset(
-        name=name,
-        partitions_def=partitions_def,
-        backfill_policy=dg.BackfillPolicy.multi_run(batch_size),
-        deps=[upstream_key] if upstream_key else None,
-        output_required=False,
-        pool=pool,
-        group_name=group_name,
-        kinds={"flokan", "duckdb"},
-        description=description or f"One Flokan image per SKU from {Path(catalog_path).name}.",
-        check_specs=[
-            dg.AssetCheckSpec(CHECK_IMAGE, asset=key, description=f"Stored images decode as {expected_format}" + (f" of {expected_size[0]}x{expected_size[1]}" if expected_size else "")),
-            dg.AssetCheckSpec(CHECK_CREDITS, asset=key, description="Credits charged do not exceed the estimate"),
-        ],
-    )
+    with warnings.catch_warnings():
+        # backfill_policy is Dagster's (beta) way to batch partitions into one run; we rely on it knowingly.
+        warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
+        define = dg.asset(
+            name=name,
+            partitions_def=partitions_def,
+            backfill_policy=dg.BackfillPolicy.multi_run(batch_size),
+            deps=[upstream_key] if upstream_key else None,
+            output_required=False,
+            pool=pool,
+            group_name=group_name,
+            kinds={"flokan", "duckdb"},
+            description=description or f"One Flokan image per SKU from {Path(catalog_path).name}.",
+            check_specs=[
+                dg.AssetCheckSpec(CHECK_IMAGE, asset=key, description=f"Stored images decode as {expected}"),
+                dg.AssetCheckSpec(CHECK_CREDITS, asset=key, description="Credits charged do not exceed the estimate"),
+            ],
+        )
+
+    @define
     async def _image_asset(
         context: dg.AssetExecutionContext,
         config: FlokanImageConfig,
@@ -174,6 +185,10 @@ def _key_of(upstream: dg.AssetsDefinition | dg.AssetKey | str) -> dg.AssetKey:
 
 
 def _log_progress(context: dg.AssetExecutionContext, done: int, total: int, outcome: SkuOutcome) -> None:
+    progress_logger.info(
+        "%s %s", context.asset_key.to_user_string(), outcome.sku,
+        extra={"flokan_outcome": outcome, "flokan_asset": context.asset_key.to_user_string()},
+    )  # fmt: skip
     if outcome.kind == "failed":
         context.log.error(f"[{done}/{total}] {outcome.sku} failed after {outcome.seconds:.1f}s: {outcome.error}")
     else:

@@ -50,6 +50,7 @@ def materialize_skus(
     partitions_name: str,
     batch_size: int,
     run_config: dict[str, Any] | None = None,
+    log_level: str | None = None,
     on_result: Callable[[dg.AssetKey, tuple[str, str], dg.ExecuteInProcessResult], None] | None = None,
 ) -> list[dg.ExecuteInProcessResult]:
     """Run each asset (in the given order) over ``skus`` in batched runs; never raises on a failed run.
@@ -61,7 +62,8 @@ def materialize_skus(
         skus: Partition keys to materialize.
         partitions_name: Name of the dynamic partitions definition.
         batch_size: SKUs per run.
-        run_config: Run config applied to each run (e.g. ``force``).
+        run_config: The asset's config applied to each run (e.g. ``{"force": True}``).
+        log_level: Level of Dagster's console logger for these runs (e.g. ``WARNING``).
         on_result: Called after each run.
 
     Returns:
@@ -73,10 +75,12 @@ def materialize_skus(
     job = defs.resolve_implicit_global_asset_job_def()
     for asset in assets:
         key = dg.AssetKey.from_coercible(asset)
-        config = {"ops": {key.to_python_identifier(): {"config": run_config}}} if run_config else None
+        config: dict[str, Any] = console_log_level(log_level)
+        if run_config:
+            config["ops"] = {key.to_python_identifier(): {"config": run_config}}
         for first, last in sku_ranges(ordered, chosen, batch_size):
             result = job.execute_in_process(
-                run_config=config,
+                run_config=config or None,
                 instance=instance,
                 asset_selection=[key],
                 tags={RANGE_START_TAG: first, RANGE_END_TAG: last},
@@ -86,3 +90,8 @@ def materialize_skus(
                 on_result(key, (first, last), result)
             results.append(result)
     return results
+
+
+def console_log_level(level: str | None) -> dict[str, Any]:
+    """Run config setting Dagster's console logger to ``level`` (empty when None)."""
+    return {"loggers": {"console": {"config": {"log_level": level}}}} if level else {}

@@ -1,0 +1,41 @@
+# The project's entry points. `make demo` and `make test` work on a fresh machine with Python 3.11.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test dev bench report stop-emulator clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+DEMO_HOME := $(CURDIR)/.data/dagster_home
+
+demo: $(STAMP)  ## set up, generate every demo SKU's images on the local emulator, print the cost report
+	mkdir -p $(DEMO_HOME)
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(DEMO_HOME)} $(BIN)/flokan-dagster materialize
+	$(BIN)/flokan-dagster report
+
+test: $(STAMP)  ## set up and run the whole test suite
+	$(BIN)/python -m pytest -q
+
+dev: $(STAMP)  ## the Dagster UI on http://127.0.0.1:3000 with the demo pipeline
+	mkdir -p $(DEMO_HOME)
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(DEMO_HOME)} $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+bench: $(STAMP)  ## run every benchmark
+	for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+report: $(STAMP)  ## the cost report from the ledger
+	$(BIN)/flokan-dagster report
+
+stop-emulator: $(STAMP)  ## stop the local emulator that `make demo` or `make dev` started
+	$(BIN)/flokan-dagster stop-emulator
+
+clean: ## remove the virtualenv and the demo's data (ledger, images, emulator state)
+	-test -x $(BIN)/flokan-dagster && $(BIN)/flokan-dagster stop-emulator
+	rm -rf $(VENV) .data .pytest_cache

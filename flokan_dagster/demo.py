@@ -1,0 +1,124 @@
+"""The demo pipeline: catalog -> hero images -> lifestyle variants -> cost report.
+
+Configured by the environment:
+
+- ``FLOKAN_API_KEY`` and ``FLOKAN_BASE_URL`` select a real Flokan workspace;
+- with neither set, the local emulator's demo workspace is used, started in the background;
+- ``FLOKAN_DATA_DIR`` holds the ledger, the image store and the emulator's state
+  (default: ``.data`` in the project, git-ignored);
+- ``FLOKAN_CATALOG`` points at another catalog (default: ``data/catalog.csv``);
+- ``FLOKAN_STYLE_ID`` is the style preset of the lifestyle variants on a real workspace.
+
+Example:
+    >>> defs = build_demo_definitions(DemoSettings(api_key="flk_x", base_url="https://x", data_dir=Path("/tmp/d")))
+    >>> sorted(key.to_user_string() for key in defs.resolve_all_asset_keys())
+    ['flokan_cost_report', 'hero_images', 'lifestyle_images', 'product_catalog']
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from flokan_dagster.api import rules
+from flokan_dagster.assets import build_flokan_image_asset
+from flokan_dagster.catalog import CatalogMapping, load_catalog
+from flokan_dagster.report import build_cost_report_asset
+from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEMO_CATALOG = PROJECT_DIR / "data" / "catalog.csv"
+
+HERO_MAPPING = CatalogMapping(
+    prompt_template="Studio product photo of a {color} {material} {title} on a plain white background",
+    source_column="supplier_photo",
+    model_tier="standard",
+)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Where the demo sends requests and keeps its files."""
+
+    api_key: str
+    base_url: str
+    data_dir: Path
+    catalog: Path = DEMO_CATALOG
+    style_id: str | None = None
+    uses_emulator: bool = False
+
+    @classmethod
+    def from_env(cls) -> "DemoSettings":
+        """Read the environment; start the local emulator when no Flokan workspace is configured."""
+        data_dir = Path(os.environ.get("FLOKAN_DATA_DIR") or PROJECT_DIR / ".data").resolve()
+        catalog = Path(os.environ.get("FLOKAN_CATALOG") or DEMO_CATALOG).resolve()
+        key, base_url = os.environ.get("FLOKAN_API_KEY"), os.environ.get("FLOKAN_BASE_URL")
+        if key:
+            return cls(key, base_url or rules.DEFAULT_BASE_URL, data_dir, catalog, os.environ.get("FLOKAN_STYLE_ID"))
+        if base_url:
+            raise RuntimeError("FLOKAN_BASE_URL is set but FLOKAN_API_KEY is not: set both, or neither for the emulator")
+        # Imported here so that the real-service path never loads the emulator.
+        from flokan_dagster.emulator.seed import DEMO_STYLE_ID
+        from flokan_dagster.local_emulator import ensure_local_emulator
+
+        emulator = ensure_local_emulator(data_dir)
+        return cls(emulator.api_key, emulator.base_url, data_dir, catalog, DEMO_STYLE_ID, uses_emulator=True)
+
+
+def build_catalog_asset(catalog: Path, mapping: CatalogMapping) -> dg.AssetsDefinition:
+    """An asset that validates the catalog and shows its SKUs and its bad rows."""
+
+    @dg.asset(name="product_catalog", group_name="flokan", kinds={"csv"},
+              description=f"The product catalog {catalog.name}, validated row by row.")  # fmt: skip
+    def _catalog() -> dg.MaterializeResult:
+        parsed = load_catalog(catalog, mapping)
+        problems = [*parsed.problems.values(), *parsed.unkeyed]
+        table = "\n".join(f"| {p.sku} | {p.row_number} | {p.column} | {p.rule} |" for p in problems)
+        return dg.MaterializeResult(
+            metadata={
+                "skus": dg.MetadataValue.int(len(parsed.partition_keys)),
+                "valid_rows": dg.MetadataValue.int(len(parsed.specs)),
+                "invalid_rows": dg.MetadataValue.int(len(problems)),
+                "problems": dg.MetadataValue.md("| sku | row | column | rule |\n|---|---|---|---|\n" + table)
+                if problems
+                else dg.MetadataValue.md("No problems."),
+                "path": dg.MetadataValue.path(str(catalog)),
+            }
+        )
+
+    return _catalog
+
+
+def build_demo_definitions(settings: DemoSettings | None = None) -> dg.Definitions:
+    """The whole demo: assets, resources (and the sensors and schedule)."""
+    settings = settings or DemoSettings.from_env()
+    catalog_asset = build_catalog_asset(settings.catalog, HERO_MAPPING)
+    hero = build_flokan_image_asset(
+        "hero_images", catalog=settings.catalog, mapping=HERO_MAPPING,
+        description="A studio hero image per SKU (an edit of the supplier photo when there is one).",
+    )  # fmt: skip
+    lifestyle = build_flokan_image_asset(
+        "lifestyle_images",
+        catalog=settings.catalog,
+        mapping=CatalogMapping(prompt_template="The {title} in a bright, modern home", model_tier="standard",
+                               style_id=settings.style_id),  # fmt: skip
+        upstream=hero,
+        description="A lifestyle variant per SKU: a chained edit of its hero image with a style preset.",
+    )
+    report = build_cost_report_asset(deps=[hero, lifestyle])
+    data_dir = settings.data_dir
+    return dg.Definitions(
+        assets=[catalog_asset, hero, lifestyle, report],
+        resources={
+            "flokan": FlokanResource(
+                api_key=settings.api_key if settings.uses_emulator else dg.EnvVar("FLOKAN_API_KEY"),
+                base_url=settings.base_url,
+            ),
+            "flokan_ledger": FlokanLedgerResource(database=str(data_dir / "ledger.duckdb")),
+            "flokan_images": ImageStoreResource(directory=str(data_dir / "images")),
+        },
+    )
+
+
+IMAGE_ASSETS = ("hero_images", "lifestyle_images")
