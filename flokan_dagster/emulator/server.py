@@ -44,6 +44,9 @@ class _ExpectedDrop(logging.Filter):
         return "returned without completing response" not in record.getMessage()
 
 
+_EXPECTED_DROP = _ExpectedDrop()
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto must be IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on such sockets, and
@@ -138,7 +141,7 @@ class EmulatorServer:
         store = Store(self.state_dir / STATE_FILE)
         seed_demo(store, self.config)
         self._runtime = Runtime(self.config, store, self.storage_url)
-        logging.getLogger("uvicorn.error").addFilter(_ExpectedDrop())
+        logging.getLogger("uvicorn.error").addFilter(_EXPECTED_DROP)
         self._servers = [
             uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none",
                                           timeout_graceful_shutdown=1, backlog=4096))
