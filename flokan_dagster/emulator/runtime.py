@@ -51,25 +51,25 @@ class RateDecision:
 
 
 class RateLimiter:
-    """Fixed one-minute windows (aligned to the wall-clock minute) per key; thread-safe."""
+    """Fixed one-minute windows per key, each opened by the first request after the previous
+    one ended; thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._windows: dict[str, tuple[int, int]] = {}
+        self._windows: dict[str, tuple[float, int]] = {}
 
     def hit(self, key: str, limit: int) -> RateDecision:
         """Count one request for ``key`` unless its window is already full."""
-        now = time.time()
-        window = int(now // 60)
-        reset_s = max(1, math.ceil((window + 1) * 60 - now))
+        now = time.monotonic()
         with self._lock:
-            current, count = self._windows.get(key, (window, 0))
-            if current != window:
-                count = 0
+            opened, count = self._windows.get(key, (now, 0))
+            if now - opened >= 60:
+                opened, count = now, 0
             allowed = count < limit
             if allowed:
                 count += 1
-            self._windows[key] = (window, count)
+            self._windows[key] = (opened, count)
+        reset_s = max(1, math.ceil(opened + 60 - now))
         return RateDecision(allowed, limit, max(0, limit - count), reset_s)
 
 
