@@ -141,7 +141,7 @@ def build_flokan_image_asset(
             outcomes.append(outcome)
             _log_progress(context, done, len(skus), outcome)
             if outcome.kind != "failed":
-                yield _materialization(key, outcome)
+                yield sku_materialization(key, outcome)
         limits = BudgetLimits(
             run_budget_credits=config.run_budget_credits if config.run_budget_credits is not None else run_budget_credits,
             daily_budget_credits=daily_budget_credits,
@@ -162,7 +162,7 @@ def build_flokan_image_asset(
                     outcomes.append(outcome)
                     _log_progress(context, done, len(skus), outcome)
                     if outcome.kind != "failed":
-                        yield _materialization(key, outcome)
+                        yield sku_materialization(key, outcome)
         ledger.flush_spool()
         yield _image_check(key, outcomes, expected_format, expected_size)
         yield _credits_check(key, outcomes)
@@ -197,8 +197,16 @@ def _log_progress(context: dg.AssetExecutionContext, done: int, total: int, outc
         )
 
 
-def _materialization(key: dg.AssetKey, outcome: SkuOutcome) -> dg.AssetMaterialization:
-    """One SKU's materialization, with everything a person auditing the image needs."""
+def sku_materialization(key: dg.AssetKey, outcome: SkuOutcome) -> dg.AssetMaterialization:
+    """One SKU's materialization, with everything a person auditing the image needs.
+
+    Shared by the asset (as each SKU finishes) and the reconciliation sensor (a job adopted
+    after an unknown outcome), so both show the same metadata.
+
+    Args:
+        key: The image asset.
+        outcome: The SKU's outcome; it must carry its ledger record and stored image.
+    """
     record, stored = outcome.record, outcome.stored
     assert record is not None and stored is not None
     metadata: dict[str, Any] = {

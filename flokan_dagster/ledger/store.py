@@ -320,15 +320,29 @@ class CreditLedger:
             ...                             "credits_consumed": 50})  # doctest: +SKIP
             'b1e5...'
         """
-        fields = job_row_fields(job_row)
-        fields["origin"] = origin
-        attempt_id = external_attempt_id(fields["job_id"])
-        event = LedgerEvent.create(attempt_id, "external", fields)
-        # Content-derived id: the sensor re-seeing an unchanged job adds nothing to the journal.
-        content = "|".join(f"{k}={v}" for k, v in sorted(event.fields.items()))
-        event_id = str(uuid.uuid5(_EVENT_ID_NAMESPACE, f"{attempt_id}|{content}"))
-        self._write([dataclasses.replace(event, event_id=event_id)])
-        return attempt_id
+        return self.record_external_jobs([job_row], origin)[0]
+
+    def record_external_jobs(self, job_rows: Iterable[Mapping[str, Any]], origin: str = "external") -> list[str]:
+        """Record many jobs as :meth:`record_external_job` does, in one write (one transaction).
+
+        The reconciliation sensor ingests a page of ``GET /jobs`` at a time; one write per page
+        instead of one per job keeps a 1,000-job backlog within one tick.
+
+        Returns:
+            The rows' attempt ids, in order.
+
+        Raises:
+            ValueError: A row has no job_id (nothing is written then).
+
+        Example:
+            >>> ledger.record_external_jobs([{"job_id": "j9", "status": "completed"},
+            ...                              {"job_id": "j10", "status": "failed"}])  # doctest: +SKIP
+            ['b1e5...', '77c0...']
+        """
+        events = [_external_event(row, origin) for row in job_rows]
+        if events:
+            self._write(events)
+        return [event.attempt_id for event in events]
 
     def settle_attempt(self, attempt_id: str, job_row: Mapping[str, Any]) -> bool:
         """Adopt a job row found in ``GET /jobs`` for an attempt (typically ``unknown``).
@@ -466,6 +480,89 @@ class CreditLedger:
             ).fetchall()
         )
         return {r[0] for r in rows}
+
+    def attempts_for_jobs(self, job_ids: Iterable[str]) -> list[AttemptRecord]:
+        """Return the rows holding ``job_ids``: the owning attempt, or the external row.
+
+        Example:
+            >>> [a.origin for a in ledger.attempts_for_jobs(["j1"])]  # doctest: +SKIP
+            ['dagster']
+        """
+        wanted = sorted({str(j) for j in job_ids})
+        if not wanted:
+            return []
+        return self._query("WHERE job_id IN (SELECT unnest(?)) ORDER BY recorded_at, attempt_id", [wanted])
+
+    def in_flight_attempts(self) -> list[AttemptRecord]:
+        """Return pending attempts without a job id, oldest first.
+
+        Either ``/process`` is still in flight, or the run died before recording its outcome.
+
+        Example:
+            >>> [a.sku for a in ledger.in_flight_attempts()]  # doctest: +SKIP
+            ['MUG-1']
+        """
+        return self._query("WHERE status = 'pending' AND job_id IS NULL ORDER BY sent_at, attempt_id", [])
+
+    def external_jobs_between(self, start: datetime, end: datetime) -> list[AttemptRecord]:
+        """Return external rows (jobs no attempt owns) created between ``start`` and ``end``, newest first.
+
+        Where an unknown outcome's job may already be, if the sensor saw it before the attempt
+        was marked unknown.
+
+        Example:
+            >>> ledger.external_jobs_between(datetime(2026, 5, 4, 11), datetime(2026, 5, 4, 12))  # doctest: +SKIP
+            []
+        """
+        return self._query(
+            "WHERE origin = 'external' AND job_created_at BETWEEN ? AND ? ORDER BY job_created_at DESC, attempt_id",
+            [to_utc_naive(start), to_utc_naive(end)],
+        )
+
+    def newest_job_created_at(self) -> datetime | None:
+        """Return the newest ``job_created_at`` the ledger holds (naive UTC), or None.
+
+        Example:
+            >>> ledger.newest_job_created_at()  # doctest: +SKIP
+            datetime.datetime(2026, 5, 4, 11, 0)
+        """
+        row = self._read(
+            lambda conn, source: conn.execute(f"{source} SELECT max(job_created_at) FROM current_attempts").fetchone()
+        )
+        return row[0] if row else None
+
+    def latest_completed_fingerprints(self, asset: str) -> dict[str, str]:
+        """Return, per SKU of ``asset``, the fingerprint of its latest completed attempt.
+
+        A SKU whose catalog fingerprint differs (or that is absent) is stale.
+
+        Example:
+            >>> ledger.latest_completed_fingerprints("images")  # doctest: +SKIP
+            {'MUG-1': 'fp1'}
+        """
+        rows = self._read(
+            lambda conn, source: conn.execute(
+                f"""{source} SELECT sku, arg_max(fingerprint, (coalesce(completed_at, updated_at), revision))
+                FROM current_attempts
+                WHERE status = 'completed' AND asset = ? AND sku IS NOT NULL AND fingerprint IS NOT NULL
+                GROUP BY sku""",
+                [asset],
+            ).fetchall()
+        )
+        return {sku: fingerprint for sku, fingerprint in rows}
+
+    def failed_since(self, since: datetime) -> list[AttemptRecord]:
+        """Return Dagster attempts (not external rows) that failed and were updated at or after ``since``.
+
+        Example:
+            >>> [a.sku for a in ledger.failed_since(datetime(2026, 5, 4))]  # doctest: +SKIP
+            ['MUG-2']
+        """
+        return self._query(
+            "WHERE status = 'failed' AND origin IS DISTINCT FROM 'external' AND updated_at >= ?"
+            " ORDER BY updated_at, attempt_id",
+            [to_utc_naive(since)],
+        )
 
     def credits_spent(self, since: datetime, *, include_in_flight: bool = True) -> int:
         """Return credits spent on jobs created at or after ``since`` (for a daily budget).
@@ -612,5 +709,17 @@ class CreditLedger:
             return None
         return rows[0].attempt_id if rows else None
 
+
+
+def _external_event(job_row: Mapping[str, Any], origin: str) -> LedgerEvent:
+    """The event recording a job no attempt owns, under its job-derived attempt id."""
+    fields = job_row_fields(job_row)
+    fields["origin"] = origin
+    attempt_id = external_attempt_id(fields["job_id"])
+    event = LedgerEvent.create(attempt_id, "external", fields)
+    # Content-derived id: the sensor re-seeing an unchanged job adds nothing to the journal.
+    content = "|".join(f"{k}={v}" for k, v in sorted(event.fields.items()))
+    event_id = str(uuid.uuid5(_EVENT_ID_NAMESPACE, f"{attempt_id}|{content}"))
+    return dataclasses.replace(event, event_id=event_id)
 
 __all__ = ["CreditLedger"]
