@@ -28,6 +28,7 @@ from flokan_dagster.api.errors import (
 from flokan_dagster.api.models import CreditEstimate, Job, JobPage, ProcessRequest, ProcessResult
 from flokan_dagster.assets import SKU_PARTITIONS, FlokanImageConfig, build_flokan_image_asset
 from flokan_dagster.catalog import Catalog, CatalogMapping, load_catalog, partition_changes
+from flokan_dagster.component import FlokanImagesComponent
 from flokan_dagster.image_store import ImageStore
 from flokan_dagster.ledger import AttemptRecord, CreditLedger, LedgerLockedError, cost_report_markdown, cost_summary
 from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
@@ -41,6 +42,7 @@ __all__ = [
     "CatalogMapping",
     "CreditLedger",
     "FlokanImageConfig",
+    "FlokanImagesComponent",
     "FlokanLedgerResource",
     "ImageStore",
     "ImageStoreResource",
