@@ -359,8 +359,9 @@ class _Pass:
         self.external: set[str] = set()  # new job ids recorded as external in this pass
         self.in_flight: set[str] = set()
         self.to_adopt: list[str] = []  # attempt ids settled onto a completed job
-        young = [a for a in ledger.in_flight_attempts() if _age_s(a, self.now) < settings.stale_after_s]
-        self.flying = [self._matcher(a) for a in young]
+        pending = ledger.in_flight_attempts()
+        self.abandoned = [a for a in pending if _age_s(a, self.now) >= settings.stale_after_s]
+        self.flying = [self._matcher(a) for a in pending if _age_s(a, self.now) < settings.stale_after_s]
 
     def run(self, cursor: ReconcileCursor) -> ReconcileResult:
         started, requests = time.monotonic(), self.client.stats.requests
@@ -497,8 +498,7 @@ class _Pass:
 
     def _settle_unknown(self) -> None:
         """Settle unknown (and abandoned pending) attempts onto the jobs the ledger holds as external."""
-        stale = [a for a in self.ledger.in_flight_attempts() if _age_s(a, self.now) >= self.settings.stale_after_s]
-        for attempt in [*self.ledger.unknown_attempts(), *stale]:
+        for attempt in [*self.ledger.unknown_attempts(), *self.abandoned]:
             if self._time_left() <= 0 or self._stopped:
                 return
             matcher = self._matcher(attempt)

@@ -114,9 +114,12 @@ def build_flokan_reconciliation_sensor(
         flokan_ledger: FlokanLedgerResource,
         flokan_images: ImageStoreResource,
     ) -> dg.SensorResult:
-        # A long Retry-After must end the tick (progress kept), not hold it past its budget.
-        patient = flokan.model_copy(update={"max_total_wait_s": min(flokan.max_total_wait_s, settings.reserve_s)})
-        with patient.get_client() as client:
+        # A long Retry-After or a hung read must end the tick (progress kept), not hold it past its budget.
+        bounded = flokan.model_copy(update={
+            "max_total_wait_s": min(flokan.max_total_wait_s, settings.reserve_s),
+            "read_timeout_s": min(flokan.read_timeout_s, settings.budget_s / 4),
+        })  # fmt: skip
+        with bounded.get_client() as client:
             result = reconcile(
                 client, flokan_ledger.get_ledger(), flokan_images.get_store(), context.cursor, settings, log=context.log
             )

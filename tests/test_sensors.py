@@ -162,3 +162,11 @@ def test_refresh_schedule_requests_only_stale_skus_in_batches(
         ("SKU-01", "SKU-02"), ("SKU-03", "SKU-03"), ("SKU-05", "SKU-05"),
     ]  # fmt: skip
     assert len({r.run_key for r in requests}) == 3
+
+    running = dg.DagsterRun(job_name="__ASSET_JOB", status=dg.DagsterRunStatus.STARTED,
+                           tags={RANGE_START_TAG: "SKU-01", RANGE_END_TAG: "SKU-02"},
+                           asset_selection=frozenset({dg.AssetKey("hero_images")}))  # fmt: skip
+    pipeline.instance.add_run(running)
+    requests = evaluate()
+    assert isinstance(requests, list)
+    assert [(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in requests] == [("SKU-03", "SKU-03"), ("SKU-05", "SKU-05")]
