@@ -20,7 +20,8 @@ demo: $(STAMP)  ## set up, generate every demo SKU's images on the local emulato
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(DEMO_HOME)} $(BIN)/flokan-dagster materialize
 	$(BIN)/flokan-dagster report
 
-test: $(STAMP)  ## set up and run the whole test suite
+test: $(STAMP)  ## set up and run the whole test suite (installs Chromium for the browser test when root)
+	bash .ci/install-browser
 	$(BIN)/python -m pytest -q
 
 dev: $(STAMP)  ## the Dagster UI on http://127.0.0.1:3000 with the demo pipeline

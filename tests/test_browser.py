@@ -1,0 +1,177 @@
+"""In a real browser: the Dagster UI shows a SKU's thumbnail and its credits.
+
+The demo pipeline runs against a test emulator workspace: ``flokan-dagster materialize`` fills a
+DAGSTER_HOME instance, ``dagster-webserver`` serves it on a free loopback port, and headless
+Chromium (Debian's ``chromium`` driven through ``chromium-driver`` by Selenium) opens the
+hero_images partition page. Screenshots go to ``test-artifacts/browser/``.
+
+``make test`` installs the browser first (``.ci/install-browser``); where it cannot be installed,
+this test skips and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from flokan_dagster.demo import DEMO_CATALOG
+from tests.support import Admin, Workspace
+
+PROJECT = Path(__file__).resolve().parent.parent
+ARTIFACTS = PROJECT / "test-artifacts" / "browser"
+BIN = Path(sys.executable).parent
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+SKUS = ("MUG-001", "TEE-002")
+STANDARD_CREDITS = 20
+# No "join the community" dialog over the page, no telemetry from a test.
+DAGSTER_YAML = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="no browser: chromium and chromedriver are not installed and could not be "
+    "(run `bash .ci/install-browser` as root, as `make test` does, or `apt-get install chromium chromium-driver`)",
+)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def demo_env(tmp_path: Path, workspace: Workspace, admin: Admin) -> dict[str, str]:
+    """The environment of the demo pipeline on a fresh emulator workspace, with its own DAGSTER_HOME."""
+    catalog_dir = tmp_path / "catalog"
+    shutil.copytree(DEMO_CATALOG.parent, catalog_dir)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    return {
+        **os.environ,
+        "FLOKAN_API_KEY": workspace.api_key,
+        "FLOKAN_BASE_URL": admin.base_url,
+        "FLOKAN_DATA_DIR": str(tmp_path / "data"),
+        "FLOKAN_CATALOG": str(catalog_dir / "catalog.csv"),
+        "DAGSTER_HOME": str(home),
+    }
+
+
+@pytest.fixture
+def webserver(demo_env: dict[str, str]) -> Iterator[str]:
+    """``dagster-webserver`` on the demo pipeline and DAGSTER_HOME; yields its URL, stops it and its code server."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = (ARTIFACTS / "dagster-webserver.log").open("w")
+    # Its own session, so the code server it spawns is stopped with it, by process group.
+    process = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(PROJECT / "workspace.yaml")],
+        cwd=PROJECT, env=demo_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, f"dagster-webserver exited ({process.returncode}); see {log.name}"
+            try:
+                if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"dagster-webserver did not answer within 60 s; see {log.name}"
+            time.sleep(0.25)
+        yield url
+    finally:
+        _stop_group(process)
+        log.close()
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop the process group led by ``process``: SIGTERM, then SIGKILL for whatever outlives 15 s."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=15)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    # The webserver may be gone while its code server (same group) is still shutting down.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=5)
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    """Headless Chromium through chromedriver (both Debian's; nothing is downloaded)."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1600,1300", "--lang=en-US"):  # fmt: skip
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def metadata_row(driver: webdriver.Chrome, label: str, timeout_s: float = 60) -> WebElement:
+    """The row of the metadata table whose first cell is ``label``, once the page has rendered it."""
+    locator = (By.XPATH, f"//tr[td[1][normalize-space()='{label}']]")
+    return WebDriverWait(driver, timeout_s).until(expected_conditions.visibility_of_element_located(locator))
+
+
+@pytest.mark.timeout(180)
+def test_partition_page_shows_thumbnail_and_credits(
+    demo_env: dict[str, str], webserver: str, browser: webdriver.Chrome, workspace: Workspace
+) -> None:
+    command = [str(BIN / "flokan-dagster"), "materialize", "--asset", "hero_images"]
+    for sku in SKUS:
+        command += ["--sku", sku]
+    done = subprocess.run(command, env=demo_env, cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert workspace.info()["credits_deducted"] == STANDARD_CREDITS * len(SKUS)
+
+    sku = SKUS[0]
+    try:
+        browser.get(f"{webserver}/assets/hero_images?view=partitions&partition={sku}")
+        credits = metadata_row(browser, "credits_consumed")
+        assert credits.find_elements(By.TAG_NAME, "td")[1].text.strip() == str(STANDARD_CREDITS)
+        assert metadata_row(browser, "outcome").find_elements(By.TAG_NAME, "td")[1].text.strip() == "made"
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", credits)
+        browser.save_screenshot(str(ARTIFACTS / f"hero_images-{sku}-metadata.png"))
+
+        # Markdown metadata opens in a dialog: the thumbnail is the base64 JPEG rendered there.
+        metadata_row(browser, "thumbnail").find_element(By.XPATH, ".//a[normalize-space()='[Show Markdown]']").click()
+        thumbnail = WebDriverWait(browser, 20).until(
+            expected_conditions.visibility_of_element_located(
+                (By.CSS_SELECTOR, f"img[alt='{sku}'][src^='data:image/jpeg;base64,']")
+            )
+        )
+        WebDriverWait(browser, 10).until(lambda _: thumbnail.get_property("naturalWidth") > 0)
+        assert thumbnail.size["width"] > 32 and thumbnail.size["height"] > 32
+        browser.save_screenshot(str(ARTIFACTS / f"hero_images-{sku}-thumbnail.png"))
+        assert workspace.api_key not in browser.page_source
+    except BaseException:
+        browser.save_screenshot(str(ARTIFACTS / "failure.png"))
+        raise
