@@ -18,12 +18,14 @@ Example:
 
 import logging
 import warnings
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
+from flokan_dagster.background import LogFunction, LogLine, iterate_in_thread
 from flokan_dagster.batch import BatchRunner, SettleSettings, SkuOutcome
 from flokan_dagster.budget import BudgetLimits, enforce_budget
 from flokan_dagster.catalog import CatalogMapping, load_catalog
@@ -120,7 +122,7 @@ def build_flokan_image_asset(
         )
 
     @define
-    async def _image_asset(
+    def _image_asset(
         context: dg.AssetExecutionContext,
         config: FlokanImageConfig,
         flokan: FlokanResource,
@@ -129,40 +131,45 @@ def build_flokan_image_asset(
     ):  # no return annotation: Dagster would read it as the type of the step's outputs
         ledger, store = flokan_ledger.get_ledger(), flokan_images.get_store()
         skus = list(context.partition_keys)
+        run_id = context.run.run_id
         table = load_catalog(catalog_path, mapping, table=catalog_table)
         plan = plan_batch(
-            skus, table, ledger=ledger, store=store, asset=name, run_id=context.run.run_id,
+            skus, table, ledger=ledger, store=store, asset=name, run_id=run_id,
             upstream=upstream_key.to_user_string() if upstream_key else None, force=config.force,
         )  # fmt: skip
-        outcomes: list[SkuOutcome] = []
-        done = 0
-        for outcome in plan.settled:
-            done += 1
-            outcomes.append(outcome)
-            _log_progress(context, done, len(skus), outcome)
-            if outcome.kind != "failed":
-                yield sku_materialization(key, outcome)
         limits = BudgetLimits(
             run_budget_credits=config.run_budget_credits if config.run_budget_credits is not None else run_budget_credits,
             daily_budget_credits=daily_budget_credits,
         )
-        async with flokan.get_async_client() as client:
-            decision = await enforce_budget(client, ledger, plan.tasks, limits, asset=name, run_id=context.run.run_id)
-            outcomes.extend(decision.rejected)
-            context.log.info(f"{len(plan.tasks)} SKU(s) to process, estimated at up to {decision.estimated_credits} credits")
-            if decision.refusal is not None:
-                context.log.error(decision.refusal)
-                outcomes.extend(SkuOutcome(task.spec.sku, "failed", error=decision.refusal) for task in plan.tasks)
-            else:
-                runner = BatchRunner(
-                    client=client, ledger=ledger, store=store, asset=name, run_id=context.run.run_id, settle=settle, log=context.log
-                )
+
+        async def work(log: LogFunction) -> AsyncIterator[SkuOutcome]:
+            for outcome in plan.settled:
+                yield outcome
+            async with flokan.get_async_client() as client:
+                decision = await enforce_budget(client, ledger, plan.tasks, limits, asset=name, run_id=run_id)
+                for outcome in decision.rejected:
+                    yield outcome
+                log("info", f"{len(plan.tasks)} SKU(s) to process, estimated at up to {decision.estimated_credits} credits")
+                if decision.refusal is not None:
+                    log("error", decision.refusal)
+                    for task in plan.tasks:
+                        yield SkuOutcome(task.spec.sku, "failed", error=decision.refusal)
+                    return
+                runner = BatchRunner(client=client, ledger=ledger, store=store, asset=name, run_id=run_id,
+                                     settle=settle, log=log)  # fmt: skip
                 async for outcome in runner.run(plan.tasks):
-                    done += 1
-                    outcomes.append(outcome)
-                    _log_progress(context, done, len(skus), outcome)
-                    if outcome.kind != "failed":
-                        yield sku_materialization(key, outcome)
+                    yield outcome
+
+        outcomes: list[SkuOutcome] = []
+        # The batch runs on its own event loop so Dagster's handling of each event never pauses it.
+        for item in iterate_in_thread(work):
+            if isinstance(item, LogLine):
+                getattr(context.log, item.level)(item.message)
+                continue
+            outcomes.append(item)
+            _log_progress(context, len(outcomes), len(skus), item)
+            if item.kind != "failed":
+                yield sku_materialization(key, item)
         ledger.flush_spool()
         yield _image_check(key, outcomes, expected_format, expected_size)
         yield _credits_check(key, outcomes)

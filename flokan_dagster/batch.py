@@ -10,8 +10,11 @@ materialize each partition as soon as it is done.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +24,7 @@ from flokan_dagster.api.client import AsyncFlokanClient
 from flokan_dagster.api.errors import FlokanError, FlokanUnknownOutcomeError
 from flokan_dagster.api.models import Job, ProcessResult
 from flokan_dagster.api.retry import utcnow
+from flokan_dagster.background import Level, LogFunction
 from flokan_dagster.catalog import SkuSpec
 from flokan_dagster.image_store import ImageStore, StoredImage
 from flokan_dagster.ledger import AttemptRecord, CreditLedger
@@ -105,7 +109,7 @@ class BatchRunner:
         asset: The asset key string, as recorded in the ledger.
         run_id: The Dagster run id.
         settle: Unknown-outcome settling bounds.
-        log: Where to report progress (the step's logger).
+        log: ``log(level, message)``; by default Python logging.
     """
 
     def __init__(
@@ -117,7 +121,7 @@ class BatchRunner:
         asset: str,
         run_id: str | None,
         settle: SettleSettings = SettleSettings(),
-        log: logging.Logger | Any = logger,
+        log: LogFunction | None = None,
     ) -> None:
         self.client = client
         self.ledger = ledger
@@ -125,7 +129,8 @@ class BatchRunner:
         self.asset = asset
         self.run_id = run_id
         self.settle = settle
-        self.log = log
+        self.log: LogFunction = log or _python_log
+        self._sending = asyncio.Semaphore(client.max_concurrency)
 
     async def run(self, tasks: list[SkuTask]) -> AsyncIterator[SkuOutcome]:
         """Produce every task concurrently; yield each outcome as soon as it is known."""
@@ -145,7 +150,7 @@ class BatchRunner:
         except SkuFailed as exc:
             outcome = SkuOutcome(task.spec.sku, "failed", error=str(exc))
         except Exception as exc:  # one SKU's bug or outage must not take the batch down
-            self.log.exception(f"SKU {task.spec.sku!r}: unexpected error")
+            self.log("error", f"SKU {task.spec.sku!r}: unexpected error\n{traceback.format_exc()}")
             outcome = SkuOutcome(task.spec.sku, "failed", error=f"unexpected {type(exc).__name__}: {exc}")
         outcome.seconds = time.monotonic() - started
         outcome.requests = counter.requests
@@ -155,49 +160,64 @@ class BatchRunner:
     async def _produce(self, task: SkuTask, counter: _Counter) -> SkuOutcome:
         sku = task.spec.sku
         if task.reuse is not None:
-            return await self._store_result(task.reuse.attempt_id, sku, task.reuse.job_id, task.reuse.result_url, "reused")
+            return await self._store_result(task.reuse, sku, "reused")
         for earlier in task.unsettled:
             adopted = await self._settle_earlier(earlier, sku)
             if adopted is not None:
                 return adopted
         image_id, image_url = await self._source(task)
         for attempt_number in (1, 2):
-            attempt_id = await asyncio.to_thread(
-                self.ledger.begin_attempt,
-                asset=self.asset, sku=sku, prompt=task.spec.prompt, model_tier=task.spec.model_tier,
-                provider=task.spec.provider or "platform", fingerprint=task.fingerprint, run_id=self.run_id,
-                image_id=image_id, image_url=image_url, style_id=task.spec.style_id,
-                character_id=task.spec.character_id, source_ref=_source_ref(task),
-                estimated_credits=task.estimated_credits, sent_at=utcnow(),
-            )  # fmt: skip
-            counter.requests += 1
-            try:
-                result = await self.client.process(
-                    task.spec.prompt, task.spec.model_tier, image_id=image_id, image_url=image_url,
-                    style_id=task.spec.style_id, character_id=task.spec.character_id, provider=task.spec.provider,
-                )  # fmt: skip
-            except FlokanUnknownOutcomeError as exc:
-                await asyncio.to_thread(self.ledger.finish_attempt, attempt_id, status="unknown", error=str(exc))
-                self.log.warning(f"SKU {sku!r}: outcome unknown ({exc.cause}); looking the job up in GET /jobs")
-                job = await self._find(RequestFields.of(exc.request), exc.sent_at, attempt_id)
-                if job is None and attempt_number == 1:
-                    await asyncio.to_thread(
-                        self.ledger.finish_attempt, attempt_id, status="failed", credits_consumed=0,
-                        error=f"{exc.cause}: no job was created (absent from GET /jobs); tried again",
-                    )  # fmt: skip
-                    continue
-                if job is not None and job.status == "completed":
-                    counter.credits += job.credits_consumed or 0
-                return await self._adopt(attempt_id, sku, job, str(exc))
-            except FlokanError as exc:
-                status = "rejected" if exc.status_code is not None and exc.status_code < 500 else "failed"
+            # The write-ahead record is made right before its request goes out, so its sent_at
+            # stays within the settle window however long the batch's queue is.
+            async with self._sending:
+                record, outcome = await self._send(task, image_id, image_url, counter)
+            if isinstance(outcome, ProcessResult):
+                counter.credits += outcome.credits_consumed or 0
+                return await self._complete(record, sku, outcome, "made")
+            exc = outcome
+            await asyncio.to_thread(self.ledger.finish_attempt, record.attempt_id, status="unknown", error=str(exc))
+            self.log("warning", f"SKU {sku!r}: outcome unknown ({exc.cause}); looking the job up in GET /jobs")
+            job = await self._find(RequestFields.of(exc.request), exc.sent_at, record.attempt_id)
+            if job is None and attempt_number == 1:
                 await asyncio.to_thread(
-                    self.ledger.finish_attempt, attempt_id, status=status, credits_consumed=0, error=str(exc)
-                )
-                raise SkuFailed(f"{type(exc).__name__}: {exc}") from None
-            counter.credits += result.credits_consumed or 0
-            return await self._complete(attempt_id, sku, result, "made")
+                    self.ledger.finish_attempt, record.attempt_id, status="failed", credits_consumed=0,
+                    error=f"{exc.cause}: no job was created (absent from GET /jobs); tried again",
+                )  # fmt: skip
+                continue
+            if job is not None and job.status == "completed":
+                counter.credits += job.credits_consumed or 0
+            return await self._adopt(record, sku, job, str(exc))
         raise SkuFailed("no job was created after two attempts")  # pragma: no cover - loop always returns
+
+    async def _send(
+        self, task: SkuTask, image_id: str | None, image_url: str | None, counter: _Counter
+    ) -> tuple[AttemptRecord, ProcessResult | FlokanUnknownOutcomeError]:
+        """Write the attempt, then call ``/process``; a refusal raises SkuFailed."""
+        fields: dict[str, Any] = dict(
+            asset=self.asset, sku=task.spec.sku, prompt=task.spec.prompt, model_tier=task.spec.model_tier,
+            provider=task.spec.provider or "platform", fingerprint=task.fingerprint, run_id=self.run_id,
+            image_id=image_id, image_url=image_url, style_id=task.spec.style_id,
+            character_id=task.spec.character_id, source_ref=_source_ref(task),
+            estimated_credits=task.estimated_credits, sent_at=utcnow(),
+        )  # fmt: skip
+        attempt_id = await asyncio.to_thread(functools.partial(self.ledger.begin_attempt, **fields))
+        # The row as written, kept in memory: reading it back for every SKU would cost more than the call.
+        record = AttemptRecord(attempt_id=attempt_id, status="pending", origin="dagster", **fields)
+        counter.requests += 1
+        try:
+            result = await self.client.process(
+                task.spec.prompt, task.spec.model_tier, image_id=image_id, image_url=image_url,
+                style_id=task.spec.style_id, character_id=task.spec.character_id, provider=task.spec.provider,
+            )  # fmt: skip
+        except FlokanUnknownOutcomeError as exc:
+            return record, exc
+        except FlokanError as exc:
+            status = "rejected" if exc.status_code is not None and exc.status_code < 500 else "failed"
+            await asyncio.to_thread(
+                self.ledger.finish_attempt, record.attempt_id, status=status, credits_consumed=0, error=str(exc)
+            )
+            raise SkuFailed(f"{type(exc).__name__}: {exc}") from None
+        return record, result
 
     async def _source(self, task: SkuTask) -> tuple[str | None, str | None]:
         """The ``image_id`` / ``image_url`` to edit (uploading a local file first), or neither."""
@@ -215,33 +235,32 @@ class BatchRunner:
         except FlokanError as exc:
             raise SkuFailed(f"uploading {source.value!r} failed: {exc}") from None
 
-    async def _complete(self, attempt_id: str, sku: str, result: ProcessResult | Job, kind: OutcomeKind) -> SkuOutcome:
+    async def _complete(self, record: AttemptRecord, sku: str, result: ProcessResult | Job, kind: OutcomeKind) -> SkuOutcome:
         """Record a finished job at once (it is paid), then download and store its image."""
-        await asyncio.to_thread(self.ledger.finish_attempt, attempt_id, status="completed", **_result_fields(result))
-        return await self._store_result(attempt_id, sku, result.job_id, result.result_url, kind)
+        fields = _result_fields(result)
+        await asyncio.to_thread(functools.partial(self.ledger.finish_attempt, record.attempt_id, status="completed", **fields))
+        return await self._store_result(dataclasses.replace(record, status="completed", **fields), sku, kind)
 
-    async def _store_result(
-        self, attempt_id: str, sku: str, job_id: str | None, result_url: str | None, kind: OutcomeKind
-    ) -> SkuOutcome:
+    async def _store_result(self, record: AttemptRecord, sku: str, kind: OutcomeKind) -> SkuOutcome:
         """Download a paid job's image into the store and record where it is."""
-        if not result_url:
-            raise SkuFailed(f"job {job_id} completed without a result_url")
+        if not record.result_url:
+            raise SkuFailed(f"job {record.job_id} completed without a result_url")
         try:
-            data = await self.client.download(result_url)
+            data = await self.client.download(record.result_url)
             stored = await asyncio.to_thread(self.store.write, self.asset, sku, data)
         except (FlokanError, ValueError, OSError) as exc:
             raise SkuFailed(
-                f"job {job_id} is paid but its image could not be stored ({exc}); the next run downloads it "
+                f"job {record.job_id} is paid but its image could not be stored ({exc}); the next run downloads it "
                 "again without paying (force=True regenerates)"
             ) from None
         await asyncio.to_thread(
-            self.ledger.finish_attempt, attempt_id, status="completed",
+            self.ledger.finish_attempt, record.attempt_id, status="completed",
             result_path=str(stored.path), result_sha256=stored.sha256,
         )  # fmt: skip
-        record = await asyncio.to_thread(self.ledger.get_attempt, attempt_id)
+        record = dataclasses.replace(record, result_path=str(stored.path), result_sha256=stored.sha256)
         return SkuOutcome(sku, kind, record=record, stored=stored)
 
-    async def _adopt(self, attempt_id: str, sku: str, job: Job | None, why: str) -> SkuOutcome:
+    async def _adopt(self, record: AttemptRecord, sku: str, job: Job | None, why: str) -> SkuOutcome:
         """Settle an unknown attempt onto its job, or leave it unknown for the sensor."""
         if job is None or job.status not in TERMINAL_STATUSES:
             state = "its job was not found" if job is None else f"job {job.job_id} is still {job.status}"
@@ -250,13 +269,13 @@ class BatchRunner:
                 "for the reconciliation sensor; it will not be paid twice"
             )
         try:
-            await asyncio.to_thread(self.ledger.settle_attempt, attempt_id, job.model_dump(mode="json"))
+            await asyncio.to_thread(self.ledger.settle_attempt, record.attempt_id, job.model_dump(mode="json"))
         except ValueError as exc:  # another attempt took the job between the lookup and now
             raise SkuFailed(f"cannot adopt job {job.job_id}: {exc}") from None
         if job.status == "failed":
             raise SkuFailed(f"job {job.job_id} failed: {job.error or why}")
-        self.log.info(f"SKU {sku!r}: adopted job {job.job_id} instead of paying again")
-        return await self._complete(attempt_id, sku, job, "adopted")
+        self.log("info", f"SKU {sku!r}: adopted job {job.job_id} instead of paying again")
+        return await self._complete(dataclasses.replace(record, origin="reconciled"), sku, job, "adopted")
 
     async def _settle_earlier(self, earlier: AttemptRecord, sku: str) -> SkuOutcome | None:
         """Settle an attempt a previous run left unknown; its finished job is adopted."""
@@ -271,7 +290,7 @@ class BatchRunner:
         if job.status == "failed":
             await asyncio.to_thread(self.ledger.settle_attempt, earlier.attempt_id, job.model_dump(mode="json"))
             return None
-        return await self._adopt(earlier.attempt_id, sku, job, "earlier attempt")
+        return await self._adopt(earlier, sku, job, "earlier attempt")
 
     async def _find(self, fields: RequestFields, sent_at: datetime, attempt_id: str) -> Job | None:
         """Look for the job of a sent request until it is terminal, proven absent, or time runs out."""
@@ -294,6 +313,10 @@ class BatchRunner:
             if misses >= 2 or time.monotonic() + self.settle.poll_s > deadline:
                 return job
             await asyncio.sleep(self.settle.poll_s)
+
+
+def _python_log(level: Level, message: str) -> None:
+    getattr(logger, level)(message)
 
 
 @dataclass

@@ -338,8 +338,9 @@ class AsyncFlokanClient(_ClientBase):
     """Asynchronous client of Flokan's Image Editor API, with a bound on concurrent requests.
 
     Takes the same options as :class:`FlokanClient`, plus ``max_concurrency``: at most that many
-    requests of this client are in flight at once (a ``/process`` holds its slot for its whole
-    10-60 s).
+    API requests of this client are in flight at once (a ``/process`` holds its slot for its whole
+    10-60 s). Uploads and downloads, on the storage host, have a bound of the same size of their
+    own, so fetching a finished image never waits behind other SKUs' ``/process`` calls.
 
     Example:
         >>> async with AsyncFlokanClient(api_key=key, base_url=url, max_concurrency=8) as client:  # doctest: +SKIP
@@ -351,11 +352,12 @@ class AsyncFlokanClient(_ClientBase):
             raise FlokanValidationError("max_concurrency must be at least 1", field="max_concurrency")
         super().__init__(api_key=api_key, **options)
         self.max_concurrency = max_concurrency
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._api_slots = asyncio.Semaphore(max_concurrency)
+        self._storage_slots = asyncio.Semaphore(max_concurrency)
         self._http = httpx.AsyncClient(
             timeout=self._timeout,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+            limits=httpx.Limits(max_connections=2 * max_concurrency, max_keepalive_connections=2 * max_concurrency),
         )
 
     async def __aenter__(self) -> Self:
@@ -436,7 +438,7 @@ class AsyncFlokanClient(_ClientBase):
                 self._engine.note_wait(pause)
                 waited += pause
             request = self._engine.build_request(self._http, call)
-            async with self._slots:
+            async with self._api_slots if call.api else self._storage_slots:
                 sent_at = utcnow()
                 self._engine.note_sent(attempt)
                 try:

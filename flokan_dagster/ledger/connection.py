@@ -33,6 +33,7 @@ class LedgerLockedError(TimeoutError):
 
 
 _PROCESS_LOCKS: dict[str, threading.RLock] = {}
+_SPOOL_COUNTERS: dict[str, "SpoolCounter"] = {}
 _PROCESS_LOCKS_GUARD = threading.Lock()
 
 
@@ -46,6 +47,35 @@ def process_lock(database: str) -> threading.RLock:
     key = database if is_remote(database) else str(Path(database).resolve())
     with _PROCESS_LOCKS_GUARD:
         return _PROCESS_LOCKS.setdefault(key, threading.RLock())
+
+
+class SpoolCounter:
+    """How many events this process has spooled for one database (thread-safe).
+
+    The thread that merges compares it before and after a merge to know whether more arrived.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value = 0
+
+    def bump(self) -> None:
+        """Count one more spooled write."""
+        with self._lock:
+            self._value += 1
+
+    @property
+    def value(self) -> int:
+        """The count so far."""
+        with self._lock:
+            return self._value
+
+
+def spool_counter(database: str) -> SpoolCounter:
+    """Return this process's SpoolCounter for ``database`` (shared like ``process_lock``)."""
+    key = database if is_remote(database) else str(Path(database).resolve())
+    with _PROCESS_LOCKS_GUARD:
+        return _SPOOL_COUNTERS.setdefault(key, SpoolCounter())
 
 
 def is_remote(database: str) -> bool:

@@ -30,6 +30,7 @@ from flokan_dagster.ledger.connection import (
     describe,
     is_remote,
     process_lock,
+    spool_counter,
 )
 from flokan_dagster.ledger.journal import apply_events, fold_with_stored, insert_rows
 from flokan_dagster.ledger.records import (
@@ -111,6 +112,7 @@ class CreditLedger:
         self.read_timeout_s = lock_timeout_s if read_timeout_s is None else read_timeout_s
         self._process_lock = process_lock(database)
         self._schema_ready = False
+        self._spooled = spool_counter(database)
         # After a write found the database locked, the next writes within lock_timeout_s try the
         # lock once and go straight to the spool: a notebook holding the file for minutes must
         # not stall every asset write by lock_timeout_s each.
@@ -620,9 +622,22 @@ class CreditLedger:
     # ------------------------------------------------------------------ internals
 
     def _write(self, events: list[LedgerEvent]) -> bool:
-        with self._process_lock:
-            written = [self.spool.put(event) for event in events]
-            return self._merge_spool(written)
+        # An event is durable once it is in the spool (fsync'd, renamed); merging it into DuckDB
+        # can wait. So a writer that finds another thread of this process holding the lock does
+        # not queue behind it: that thread merges every spooled event, looping while new ones
+        # arrive (a group commit). Reads overlay the spool, so nothing is missed meanwhile.
+        written = [self.spool.put(event) for event in events]
+        self._spooled.bump()
+        merged = False
+        while self._process_lock.acquire(blocking=False):
+            try:
+                seen = self._spooled.value
+                merged = self._merge_spool(written) or merged
+            finally:
+                self._process_lock.release()
+            if self._spooled.value == seen or self._busy_until > time.monotonic():
+                break
+        return merged and not any(path.exists() for path in written)
 
     def _merge_spool(self, written: list[Path] | None = None) -> bool:
         """Apply every spooled event in one transaction.
