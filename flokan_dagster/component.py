@@ -50,7 +50,7 @@ from flokan_dagster.report import build_cost_report_asset
 from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
 
 ModelTier = Literal["pro", "standard", "creative"]
-"""The API's model tiers (``rules.MODEL_TIERS``), spelled out so YAML is checked with its line number."""
+"""The API's model tiers (``rules.MODEL_TIERS``), spelled out so a wrong one fails the load, named."""
 Provider = Literal["platform", "openai", "google", "fal", "kie"]
 """The API's providers (``rules.PROVIDERS``)."""
 HERO_ASSET = "hero_images"
