@@ -103,6 +103,11 @@ class FlokanLedgerResource(dg.ConfigurableResource):
         description="Directory where records wait while the database is locked (default: '<database>.spool'; required for md:).",
     )
     lock_timeout_s: float = Field(default=10.0, ge=0, description="Seconds a write retries a locked database before it is spooled.")
+    read_timeout_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Seconds a read (a run's planning, the sensor) waits for a locked database before failing; nothing is spent meanwhile.",
+    )
 
     def get_ledger(self) -> CreditLedger:
         """A ledger handle (cheap: connections are opened per write)."""
@@ -110,6 +115,7 @@ class FlokanLedgerResource(dg.ConfigurableResource):
             self.database,
             spool_dir=Path(self.spool_dir) if self.spool_dir else None,
             lock_timeout_s=self.lock_timeout_s,
+            read_timeout_s=self.read_timeout_s,
         )
 
 

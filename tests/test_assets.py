@@ -255,3 +255,44 @@ def test_byok_runs_skip_the_credit_check(tmp_path: Path, admin: Admin) -> None:
     [result] = pipeline.run("hero_images", ["SKU-00", "SKU-01"])
     assert result.success
     assert {m.metadata["provider_used"].value for m in pipeline.materialized("hero_images").values()} == {"fal"}
+
+
+def test_a_run_while_another_process_holds_the_ledger_loses_no_record(tmp_path: Path, admin: Admin, workspace: Workspace) -> None:
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    admin.fault("latency", prompt_contains="held item", times=None, ms=1500)
+    pipeline = make_pipeline(tmp_path, workspace, rows_for(6, **{f"SKU-{i:02d}": {"title": f"held item {i}"} for i in range(6)}))
+    database = tmp_path / "ledger.duckdb"
+    pipeline.defs = dg.Definitions(
+        assets=pipeline.defs.assets,  # type: ignore[arg-type]
+        resources={**pipeline.defs.resources,
+                   "flokan_ledger": FlokanLedgerResource(database=str(database), lock_timeout_s=0.3)},
+    )  # fmt: skip
+    results: list[dg.ExecuteInProcessResult] = []
+    hits = admin.hits("POST /process")
+    run = threading.Thread(target=lambda: results.extend(pipeline.run("hero_images", [f"SKU-{i:02d}" for i in range(6)])))
+    run.start()
+    deadline = time.monotonic() + 30
+    while admin.hits("POST /process") == hits and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The run is waiting on Flokan now: an analyst's notebook takes the database read-write.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True);"
+         " time.sleep(float(sys.argv[2]))", str(database), "5"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        run.join(timeout=60)
+        assert results and results[0].success
+        assert pipeline.ledger.spooled_count() > 0  # the outcomes wait in the spool while the file is held
+    finally:
+        holder.wait(timeout=30)
+    assert pipeline.ledger.flush_spool() == 0
+    records = pipeline.ledger.attempts_for(asset="hero_images")
+    assert len(records) == 6 and {r.status for r in records} == {"completed"}
+    assert all(r.result_sha256 and r.job_id for r in records)
+    assert ledger_credits(pipeline.ledger) == workspace.info()["credits_deducted"] == 120
