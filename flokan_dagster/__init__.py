@@ -32,7 +32,15 @@ from flokan_dagster.component import FlokanImagesComponent
 from flokan_dagster.image_store import ImageStore
 from flokan_dagster.ledger import AttemptRecord, CreditLedger, LedgerLockedError, cost_report_markdown, cost_summary
 from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
+from flokan_dagster.reconcile import ReconcileCursor, ReconcileResult, ReconcileSettings, ReconcileSummary, reconcile
+from flokan_dagster.report import build_cost_report_asset
 from flokan_dagster.runs import materialize_skus
+from flokan_dagster.sensors import (
+    build_flokan_catalog_sensor,
+    build_flokan_reconciliation_sensor,
+    build_flokan_refresh_schedule,
+    stale_skus,
+)
 
 __all__ = [
     "SKU_PARTITIONS",
@@ -47,7 +55,17 @@ __all__ = [
     "ImageStore",
     "ImageStoreResource",
     "LedgerLockedError",
+    "ReconcileCursor",
+    "ReconcileResult",
+    "ReconcileSettings",
+    "ReconcileSummary",
+    "build_cost_report_asset",
+    "build_flokan_catalog_sensor",
     "build_flokan_image_asset",
+    "build_flokan_reconciliation_sensor",
+    "build_flokan_refresh_schedule",
+    "reconcile",
+    "stale_skus",
     "cost_report_markdown",
     "cost_summary",
     "load_catalog",

@@ -3,6 +3,7 @@
 - ``flokan-dagster materialize [--asset NAME]... [--sku SKU]... [--force]``: sync the catalog's
   SKUs into the Dagster instance, materialize the image assets for those SKUs through Dagster in
   batches (as a backfill from the UI would), then the cost report. Exit 1 if any SKU failed.
+- ``flokan-dagster reconcile``: one reconciliation pass over ``GET /jobs`` (the sensor's code).
 - ``flokan-dagster report [--json]``: the cost report from the ledger.
 - ``flokan-dagster stop-emulator``: stop the local emulator of the data directory.
 
@@ -23,11 +24,14 @@ from typing import Any
 
 import dagster as dg
 
+from flokan_dagster.api.client import FlokanClient
 from flokan_dagster.assets import SKU_PARTITIONS, progress_logger
 from flokan_dagster.batch import SkuOutcome
 from flokan_dagster.catalog import load_catalog, partition_changes
 from flokan_dagster.demo import HERO_MAPPING, IMAGE_ASSETS, DemoSettings, build_demo_definitions
+from flokan_dagster.image_store import ImageStore
 from flokan_dagster.ledger import CreditLedger, cost_summary, render_markdown
+from flokan_dagster.reconcile import reconcile
 from flokan_dagster.runs import console_log_level, materialize_skus
 
 
@@ -108,6 +112,24 @@ def materialize(args: argparse.Namespace) -> int:
     return 0 if counts["failed"] == 0 and missing == 0 and report.success else 1
 
 
+def reconcile_command(args: argparse.Namespace) -> int:
+    """The ``reconcile`` command: one pass of the reconciliation sensor's code."""
+    settings = DemoSettings.from_env()
+    ledger = CreditLedger(str(settings.data_dir / "ledger.duckdb"))
+    cursor_file = settings.data_dir / "reconcile_cursor.json"
+    cursor = cursor_file.read_text() if cursor_file.exists() else None
+    with FlokanClient(api_key=settings.api_key, base_url=settings.base_url) as client:
+        result = reconcile(client, ledger, ImageStore(settings.data_dir / "images"), cursor)
+    cursor_file.write_text(result.cursor.to_json())
+    ledger.flush_spool()
+    print(result.summary.describe())
+    for adoption in result.adoptions:
+        print(f"adopted {adoption.asset}/{adoption.sku}: job {adoption.record.job_id}")
+    for failed in result.failed:
+        print(f"failed {failed.asset}/{failed.sku}: {failed.error}")
+    return 0 if result.summary.error is None else 1
+
+
 def report(args: argparse.Namespace) -> int:
     """The ``report`` command."""
     data_dir = Path(os.environ.get("FLOKAN_DATA_DIR") or Path(__file__).resolve().parent.parent / ".data")
@@ -143,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = commands.add_parser("report", help="the cost report from the ledger")
     rep.add_argument("--json", action="store_true", help="totals as JSON")
     rep.set_defaults(handler=report)
+    rec = commands.add_parser("reconcile", help="one reconciliation pass over GET /jobs (the sensor's code)")
+    rec.set_defaults(handler=reconcile_command)
     stop = commands.add_parser("stop-emulator", help="stop the local emulator")
     stop.set_defaults(handler=stop_emulator)
     return parser

@@ -7,7 +7,8 @@ Configured by the environment:
 - ``FLOKAN_DATA_DIR`` holds the ledger, the image store and the emulator's state
   (default: ``.data`` in the project, git-ignored);
 - ``FLOKAN_CATALOG`` points at another catalog (default: ``data/catalog.csv``);
-- ``FLOKAN_STYLE_ID`` is the style preset of the lifestyle variants on a real workspace.
+- ``FLOKAN_STYLE_ID`` is the style preset of the lifestyle variants on a real workspace;
+- ``FLOKAN_REFRESH_CRON`` is the refresh schedule (default ``0 4 * * *``, UTC).
 
 Example:
     >>> defs = build_demo_definitions(DemoSettings(api_key="flk_x", base_url="https://x", data_dir=Path("/tmp/d")))
@@ -26,6 +27,11 @@ from flokan_dagster.assets import build_flokan_image_asset
 from flokan_dagster.catalog import CatalogMapping, load_catalog
 from flokan_dagster.report import build_cost_report_asset
 from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
+from flokan_dagster.sensors import (
+    build_flokan_catalog_sensor,
+    build_flokan_reconciliation_sensor,
+    build_flokan_refresh_schedule,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEMO_CATALOG = PROJECT_DIR / "data" / "catalog.csv"
@@ -91,7 +97,7 @@ def build_catalog_asset(catalog: Path, mapping: CatalogMapping) -> dg.AssetsDefi
 
 
 def build_demo_definitions(settings: DemoSettings | None = None) -> dg.Definitions:
-    """The whole demo: assets, resources (and the sensors and schedule)."""
+    """The whole demo: assets, resources, the reconciliation and catalog-sync sensors, the refresh schedule."""
     settings = settings or DemoSettings.from_env()
     catalog_asset = build_catalog_asset(settings.catalog, HERO_MAPPING)
     hero = build_flokan_image_asset(
@@ -110,6 +116,18 @@ def build_demo_definitions(settings: DemoSettings | None = None) -> dg.Definitio
     data_dir = settings.data_dir
     return dg.Definitions(
         assets=[catalog_asset, hero, lifestyle, report],
+        sensors=[
+            # Reconciliation spends nothing, so it runs by default; the sensor and schedule that launch
+            # paid runs wait for someone to turn them on.
+            build_flokan_reconciliation_sensor(
+                [hero, lifestyle], rerun_failed=True, default_status=dg.DefaultSensorStatus.RUNNING
+            ),
+            build_flokan_catalog_sensor([hero, lifestyle], catalog=settings.catalog, mapping=HERO_MAPPING),
+        ],
+        schedules=[
+            build_flokan_refresh_schedule([hero, lifestyle], catalog=settings.catalog, mapping=HERO_MAPPING,
+                                          cron_schedule=os.environ.get("FLOKAN_REFRESH_CRON", "0 4 * * *")),
+        ],  # fmt: skip
         resources={
             "flokan": FlokanResource(
                 api_key=settings.api_key if settings.uses_emulator else dg.EnvVar("FLOKAN_API_KEY"),

@@ -109,13 +109,17 @@ class FlokanLedgerResource(dg.ConfigurableResource):
         description="Seconds a read (a run's planning, the sensor) waits for a locked database before failing; nothing is spent meanwhile.",
     )
 
-    def get_ledger(self) -> CreditLedger:
-        """A ledger handle (cheap: connections are opened per write)."""
+    def get_ledger(self, read_timeout_s: float | None = None) -> CreditLedger:
+        """A ledger handle (cheap: connections are opened per write).
+
+        Args:
+            read_timeout_s: Override of ``read_timeout_s``, e.g. to fit within a sensor tick.
+        """
         return CreditLedger(
             self.database,
             spool_dir=Path(self.spool_dir) if self.spool_dir else None,
             lock_timeout_s=self.lock_timeout_s,
-            read_timeout_s=self.read_timeout_s,
+            read_timeout_s=self.read_timeout_s if read_timeout_s is None else read_timeout_s,
         )
 
 

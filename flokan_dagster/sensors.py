@@ -121,7 +121,8 @@ def build_flokan_reconciliation_sensor(
         })  # fmt: skip
         with bounded.get_client() as client:
             result = reconcile(
-                client, flokan_ledger.get_ledger(), flokan_images.get_store(), context.cursor, settings, log=context.log
+                client, flokan_ledger.get_ledger(read_timeout_s=settings.budget_s / 4), flokan_images.get_store(),
+                context.cursor, settings, log=context.log,
             )
         context.log.info(f"Flokan reconciliation: {result.summary.describe()}")
         for failed in result.failed:
@@ -246,7 +247,8 @@ def build_flokan_catalog_sensor(
         added, deleted = partition_changes(table.partition_keys, existing)
         ordered = [key for key in existing if key not in set(deleted)] + added
         busy = skus_in_active_runs(context.instance, ordered, keys)
-        stale = [sku for sku in stale_skus(table, flokan_ledger.get_ledger(), root) if sku not in busy]
+        # A tick must end well within Dagster's 60 s: a ledger locked longer fails this tick only.
+        stale = [sku for sku in stale_skus(table, flokan_ledger.get_ledger(read_timeout_s=20), root) if sku not in busy]
         ranges = sku_ranges(ordered, stale, batch_size)
         prefix = f"catalog:{digest[:12]}:{state.ticks}"
         requests = [_range_request(prefix, keys, first, last) for first, last in ranges[:max_runs_per_tick]]

@@ -97,3 +97,23 @@ def test_local_emulator_is_started_once_and_found_again(tmp_path: Path) -> None:
     finally:
         assert stop_local_emulator(tmp_path)
     assert not stop_local_emulator(tmp_path)
+
+
+def test_reconcile_records_jobs_made_outside_dagster(demo_env: Path, workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    from flokan_dagster import FlokanClient
+
+    assert cli.main(["materialize", "--asset", "hero_images", "--sku", "MUG-001"]) == 0
+    with FlokanClient(api_key=workspace.api_key, base_url=workspace.admin.base_url) as client:
+        client.process("Made in Flokan's UI, not by Dagster", "pro")
+    capsys.readouterr()
+    assert cli.main(["reconcile"]) == 0
+    out = capsys.readouterr().out
+    assert "external" in out
+    assert cli.main(["report", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["by_origin"]["external"] == {"attempts": 1, "credits": 50}
+    assert summary["credits"] == workspace.info()["credits_deducted"] == 70
+    assert cli.main(["reconcile"]) == 0  # nothing new: the cursor remembers what it saw
+    capsys.readouterr()
+    assert cli.main(["report", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["by_origin"]["external"] == {"attempts": 1, "credits": 50}
