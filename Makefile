@@ -28,8 +28,8 @@ dev: $(STAMP)  ## the Dagster UI on http://127.0.0.1:3000 with the demo pipeline
 	mkdir -p $(DEMO_HOME)
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(DEMO_HOME)} $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
-bench: $(STAMP)  ## run every benchmark
-	for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+bench: $(STAMP)  ## run every benchmark and write benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/run_all.py
 
 report: $(STAMP)  ## the cost report from the ledger
 	$(BIN)/flokan-dagster report

@@ -33,6 +33,7 @@ from flokan_dagster import (  # noqa: E402
     materialize_skus,
 )
 from flokan_dagster.emulator import EmulatorConfig, EmulatorProcess  # noqa: E402
+from results import result  # noqa: E402
 
 LATENCY_S = 1.0
 RATE_PER_MIN = 600
@@ -89,6 +90,10 @@ def main() -> None:
     per_sku_rate = args.per_sku_runs / per_sku
     print(f"one Dagster run per SKU: {args.per_sku_runs} SKUs in {per_sku:.1f} s "
           f"({per_sku_rate:.2f} SKU/s vs {args.skus / batched:.2f} SKU/s batched: {args.skus / batched / per_sku_rate:.1f}x)")
+    result(f"batched throughput, {args.skus} SKUs at 1 s and {RATE_PER_MIN}/min, vs ideal",
+           f"{ideal / batched:.0%} ({batched:.1f} s vs {ideal:.1f} s)", ">= 85%", ideal / batched >= 0.85)
+    result("batched vs one Dagster run per SKU", f"{args.skus / batched / per_sku_rate:.1f}x faster "
+           f"({args.skus / batched:.2f} vs {per_sku_rate:.2f} SKU/s)")
 
 
 if __name__ == "__main__":

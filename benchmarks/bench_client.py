@@ -21,6 +21,7 @@ import httpx  # noqa: E402
 
 from flokan_dagster import FlokanClient  # noqa: E402
 from flokan_dagster.emulator import EmulatorConfig, EmulatorProcess  # noqa: E402
+from results import result  # noqa: E402
 
 
 def bare(base_url: str, api_key: str, prompts: list[str]) -> float:
@@ -68,6 +69,8 @@ def main() -> None:
     print(f"  bare httpx loop   {per_bare:7.2f} ms/request")
     print(f"  FlokanClient      {per_flokan:7.2f} ms/request")
     print(f"  ratio             {per_flokan / per_bare:7.2f}x   target <= 1.3x")
+    result("client overhead per /process vs bare httpx", f"{per_flokan / per_bare:.2f}x "
+           f"({per_flokan:.2f} vs {per_bare:.2f} ms)", "<= 1.3x", per_flokan / per_bare <= 1.3)
 
 
 if __name__ == "__main__":

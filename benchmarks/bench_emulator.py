@@ -25,6 +25,7 @@ from urllib.parse import urlencode, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from results import result  # noqa: E402
 from flokan_dagster.emulator import (  # noqa: E402
     DEMO_API_KEY,
     DEMO_WORKSPACE_ID,
@@ -103,8 +104,10 @@ async def _run(emu: EmulatorProcess, duration: float, concurrency: int, in_fligh
 
         rps, errors = await _throughput(workers, jobs, duration)
         print(f"GET /jobs (per_page=50 of 1000+ jobs):  {rps:8.0f} req/s  ({errors} errors, {concurrency} connections)")
+        result("emulator GET /jobs throughput", f"{rps:.0f} req/s")
         rps, errors = await _throughput(workers, process, duration)
         print(f"POST /process, zero latency, 512x512:  {rps:8.0f} req/s  ({errors} errors, {concurrency} connections)")
+        result("emulator POST /process throughput, zero latency", f"{rps:.0f} req/s")
 
         emu.admin.set_latency(latency_ms=1000)
         burst = connections[:in_flight]
@@ -114,6 +117,8 @@ async def _run(emu: EmulatorProcess, duration: float, concurrency: int, in_fligh
         failed = sum(status != 201 for status, _ in answers)
         print(f"{in_flight} concurrent POST /process, 1 s latency: {wall:.2f} s wall, "
               f"ratio to 1 s = {wall:.2f}  ({failed} failed)")
+        result(f"emulator: {in_flight} concurrent /process at 1 s latency", f"{wall:.2f} s wall (ratio {wall:.2f})",
+               "about 1 s", failed == 0 and wall < 1.5)
     finally:
         for connection in connections:
             connection.close()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 
+from results import result  # noqa: E402
 from flokan_dagster.ledger import CreditLedger, cost_report_markdown, cost_summary
 from flokan_dagster.ledger.schema import ensure_schema
 
@@ -116,6 +117,9 @@ def main() -> None:
         verdict = "ok" if worst < TARGET_S else "OVER"
         failed |= name.startswith("cost_") and worst >= TARGET_S
         print(f"{name:42} {median * 1000:7.1f}ms {worst * 1000:7.1f}ms   {verdict}")
+        if name.startswith("cost_"):
+            result(f"{name} over {args.rows:,} ledger rows", f"{median * 1000:.0f} ms median, {worst * 1000:.0f} ms max",
+                   f"< {TARGET_S:.1f} s", worst < TARGET_S)
     summary = cost_summary(ledger)
     print(f"\ntotal credits {summary['credits']:,} over {summary['attempts']:,} attempts, {summary['skus']:,} SKUs")
     raise SystemExit(1 if failed else 0)
