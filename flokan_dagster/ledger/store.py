@@ -447,16 +447,7 @@ class CreditLedger:
             >>> ledger.known_job_ids(["j1", "j-new"])  # doctest: +SKIP
             {'j1'}
         """
-        wanted = sorted({str(j) for j in job_ids})
-        if not wanted:
-            return set()
-        rows = self._read(
-            lambda conn, source: conn.execute(
-                f"{source} SELECT DISTINCT job_id FROM current_attempts WHERE job_id IN (SELECT unnest(?))",
-                [wanted],
-            ).fetchall()
-        )
-        return {r[0] for r in rows}
+        return self._job_ids_among(job_ids, "TRUE", [])
 
     def owned_job_ids(self, job_ids: Iterable[str], except_attempt: str | None = None) -> set[str]:
         """Return which of ``job_ids`` belong to a Dagster attempt (not an external row).
@@ -471,14 +462,17 @@ class CreditLedger:
             >>> ledger.owned_job_ids(["j1", "j-new"])  # doctest: +SKIP
             {'j1'}
         """
+        return self._job_ids_among(job_ids, "origin <> 'external' AND attempt_id IS DISTINCT FROM ?", [except_attempt])
+
+    def _job_ids_among(self, job_ids: Iterable[str], condition: str, params: list[Any]) -> set[str]:
+        """Which of ``job_ids`` have a row meeting ``condition``."""
         wanted = sorted({str(j) for j in job_ids})
         if not wanted:
             return set()
         rows = self._read(
             lambda conn, source: conn.execute(
-                f"""{source} SELECT DISTINCT job_id FROM current_attempts
-                WHERE job_id IN (SELECT unnest(?)) AND origin <> 'external' AND attempt_id IS DISTINCT FROM ?""",
-                [wanted, except_attempt],
+                f"{source} SELECT DISTINCT job_id FROM current_attempts WHERE job_id IN (SELECT unnest(?)) AND {condition}",
+                [wanted, *params],
             ).fetchall()
         )
         return {r[0] for r in rows}
