@@ -177,7 +177,7 @@ class BatchRunner:
             exc = outcome
             await asyncio.to_thread(self.ledger.finish_attempt, record.attempt_id, status="unknown", error=str(exc))
             self.log("warning", f"SKU {sku!r}: outcome unknown ({exc.cause}); looking the job up in GET /jobs")
-            job = await self._find(RequestFields.of(exc.request), exc.sent_at, record.attempt_id)
+            job = await self._lookup(RequestFields.of(exc.request), exc.sent_at, record.attempt_id)
             if job is None and attempt_number == 1:
                 await asyncio.to_thread(
                     self.ledger.finish_attempt, record.attempt_id, status="failed", credits_consumed=0,
@@ -280,7 +280,7 @@ class BatchRunner:
     async def _settle_earlier(self, earlier: AttemptRecord, sku: str) -> SkuOutcome | None:
         """Settle an attempt a previous run left unknown; its finished job is adopted."""
         sent_at = earlier.sent_at.replace(tzinfo=timezone.utc) if earlier.sent_at else utcnow()
-        job = await self._find(RequestFields.of(earlier), sent_at, earlier.attempt_id)
+        job = await self._lookup(RequestFields.of(earlier), sent_at, earlier.attempt_id)
         if job is None:
             await asyncio.to_thread(
                 self.ledger.finish_attempt, earlier.attempt_id, status="failed", credits_consumed=0,
@@ -291,6 +291,21 @@ class BatchRunner:
             await asyncio.to_thread(self.ledger.settle_attempt, earlier.attempt_id, job.model_dump(mode="json"))
             return None
         return await self._adopt(earlier, sku, job, "earlier attempt")
+
+    async def _lookup(self, fields: RequestFields, sent_at: datetime, attempt_id: str) -> Job | None:
+        """:meth:`_find`, failing the SKU by name when ``GET /jobs`` itself fails.
+
+        The attempt stays ``unknown`` (or ``pending``): its job may be paid, so the SKU is not sent
+        again until the job is found or proven absent, by a later run or the reconciliation sensor.
+        """
+        try:
+            return await self._find(fields, sent_at, attempt_id)
+        except FlokanError as exc:
+            raise SkuFailed(
+                f"outcome unknown and looking its job up in GET /jobs failed ({type(exc).__name__}: {exc}); "
+                f"attempt {attempt_id} left unsettled in the ledger for the reconciliation sensor; "
+                "it will not be paid twice"
+            ) from None
 
     async def _find(self, fields: RequestFields, sent_at: datetime, attempt_id: str) -> Job | None:
         """Look for the job of a sent request until it is terminal, proven absent, or time runs out."""
