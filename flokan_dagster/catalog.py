@@ -71,9 +71,18 @@ class CatalogMapping(BaseModel):
             raise ValueError("give exactly one of prompt_column or prompt_template")
         if self.prompt_template is not None:
             try:
-                list(string.Formatter().parse(self.prompt_template))
+                fields = [name for _, name, _, _ in string.Formatter().parse(self.prompt_template) if name is not None]
             except ValueError as exc:
                 raise ValueError(f"prompt_template is not a valid template: {exc}") from None
+            for name in fields:
+                # Each row formats the template with its cells (text); a positional, attribute or
+                # index field would fail or leak an object's repr on every row, so refuse it here.
+                if not name or name.isdigit() or any(c in name for c in ".[]"):
+                    raise ValueError(f"prompt_template field {{{name}}}: name a catalog column, e.g. {{title}}")
+            try:
+                self.prompt_template.format_map({name: "text" for name in fields})
+            except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+                raise ValueError(f"prompt_template cannot format a row's text cells: {exc}") from None
         return self
 
     def template_columns(self) -> list[str]:
@@ -331,21 +340,28 @@ def _source_for(value: str | None, column: str, base_dir: Path) -> ImageSourceSp
     if lowered.startswith("https://"):
         return ImageSourceSpec("url", _checked(column, "image_url", lambda: rules.check_image_url(value)))
     if "://" in value:
-        raise rules.RuleViolation(column, f"a URL source must use https://, got {value[:80]!r}")
+        raise rules.RuleViolation(column, f"a URL source must use https://, got {_shown(value)}")
     path = Path(value)
     if not path.is_absolute():
         path = base_dir / path
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise rules.RuleViolation(column, f"cannot read source image {value!r}: {exc.strerror}") from None
+        raise rules.RuleViolation(column, f"cannot read source image {_shown(value)}: {exc.strerror}") from None
+    except ValueError:  # a NUL byte: no file system takes such a name
+        raise rules.RuleViolation(column, f"source {_shown(value)} is not a usable file path") from None
     mime = rules.sniff_mime_type(data)
     if mime is None:
-        raise rules.RuleViolation(column, f"source {value!r} is not a JPEG, PNG, WebP or GIF image")
+        raise rules.RuleViolation(column, f"source {_shown(value)} is not a JPEG, PNG, WebP or GIF image")
     declared = rules.mime_type_for_name(path.name)
     if declared is not None and declared != mime:
-        raise rules.RuleViolation(column, f"source {value!r} is named like {declared} but its content is {mime}")
+        raise rules.RuleViolation(column, f"source {_shown(value)} is named like {declared} but its content is {mime}")
     return ImageSourceSpec("file", str(path), hashlib.sha256(data).hexdigest(), mime)
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """``repr`` of a cell, cut short so a refusal stays readable whatever the catalog holds."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
 
 
 def partition_changes(catalog_keys: Iterable[str], existing_keys: Iterable[str]) -> tuple[list[str], list[str]]:
