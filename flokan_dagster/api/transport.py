@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -37,6 +38,9 @@ logger = logging.getLogger("flokan_dagster.client")
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 MAX_API_BODY_BYTES = 16 * 1024 * 1024
+# Flokan keys look like ``flk_<key>``: masked in any server text an error carries.
+_KEY_SHAPED = re.compile(r"flk_[A-Za-z0-9_\-]{4,}")
+REDACTED_KEY = "flk_[REDACTED]"
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,20 @@ class Engine:
         self.rate_limit = RateLimitTracker()
         self.stats = ClientStats()
 
+    def redact(self, text: str) -> str:
+        """``text`` with this client's key, its secret part and anything key-shaped masked.
+
+        Example:
+            >>> Engine(api_key="flk_abcdef123456", base_url="https://x.example", retry=RetryPolicy()).redact(
+            ...     "bad key flk_abcdef123456, or abcdef123456")
+            'bad key flk_[REDACTED], or [REDACTED]'
+        """
+        text = text.replace(self.__api_key, REDACTED_KEY)
+        secret = self.__api_key.removeprefix("flk_")
+        if len(secret) >= 8:
+            text = text.replace(secret, "[REDACTED]")
+        return _KEY_SHAPED.sub(REDACTED_KEY, text)
+
     def api_call(self, method: str, path: str, **kwargs: Any) -> Call:
         """A call to Flokan's API at ``path`` (relative to the base URL)."""
         return Call(method=method, url=self.base_url + path, label=f"{method} {path}", **kwargs)
@@ -210,7 +228,8 @@ class Engine:
             if waited_s + wait <= self.retry.max_total_wait_s:
                 logger.info("%s answered %s; retrying in %.2fs", call.label, status, wait)
                 return wait
-        message = _error_message(body) or f"HTTP {status}"
+        # A proxy or gateway may echo the request (its Authorization header) in its error text.
+        message = self.redact(_error_message(body) or f"HTTP {status}")
         common: dict[str, Any] = {
             "status_code": status,
             "request_id": response.headers.get("X-Request-Id"),
