@@ -9,7 +9,9 @@ did not happen.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -155,3 +157,90 @@ def test_an_oversized_download_fails_the_sku_and_the_next_run_fetches_it_without
     assert {m.metadata["outcome"].value for m in pipeline.materialized("hero_images").values()} == {"reused"}
     with pipeline.client() as client:
         assert_ledger_pays_only_what_was_charged(pipeline.ledger, workspace, client)
+
+
+# ---------------------------------------------------------------- values the ledger cannot hold
+
+
+def test_a_value_duckdb_cannot_hold_never_poisons_the_spool(tmp_path: Path) -> None:
+    """A server's absurd number or a lone surrogate (legal in JSON) must not brick every later write and read."""
+    import json
+
+    import pytest
+
+    ledger = CreditLedger(str(tmp_path / "ledger.duckdb"))
+    attempt = ledger.begin_attempt(asset="hero_images", sku="A", prompt="p", model_tier="pro")
+    surrogate = json.loads('"provider said \\udcff\\ud800"')
+    assert ledger.finish_attempt(attempt, status="failed", error=surrogate, credits_consumed=0)
+    ledger.record_external_job({"job_id": "j1", "status": "failed", "prompt": surrogate, "error": surrogate})
+    with pytest.raises(ValueError, match="credits_consumed"):
+        ledger.finish_attempt(attempt, status="completed", job_id="j2", credits_consumed=10**30)
+    with pytest.raises(ValueError, match="processing_ms"):
+        ledger.record_external_job({"job_id": "j3", "status": "completed", "processing_ms": -(2**64)})
+    assert ledger.spooled_count() == 0
+    later = ledger.begin_attempt(asset="hero_images", sku="B", prompt="p", model_tier="pro")
+    rows = {r.sku or r.job_id: r for r in ledger.attempts_for()}
+    assert set(rows) == {"A", "B", "j1"} and rows["B"].attempt_id == later
+    assert rows["A"].status == "failed" and "provider said" in (rows["A"].error or "")
+
+
+class _AbsurdFlokan:
+    """A Flokan that answers with values no ledger column can hold (served by a thread)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        job = {"job_id": "00000000-0000-4000-8000-0000000000aa", "status": "completed", "prompt": "Studio photo of item 0 in red",
+               "model_tier": "standard", "provider": "platform", "provider_used": "system",
+               "result_url": "http://127.0.0.1:1/x.png", "credits_consumed": 10**30, "processing_ms": 5,
+               "created_at": "2099-01-01T00:00:00.000Z"}  # fmt: skip
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if self.path.endswith("/estimate-credits"):
+                    self._send(200, {"success": True, "data": {"estimated_credits": 20, "available_credits": 10**6}})
+                elif "item 1 " in body.get("prompt", ""):  # a refusal whose text is not valid Unicode
+                    self._send(422, {"success": False, "error": "rejected \ud800 by the provider"})
+                else:
+                    self._send(201, {"success": True, "data": job})
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._send(200, {"success": True, "data": [job], "meta": {"page": 1, "per_page": 100, "total": 1, "total_pages": 1}})
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()  # ensure_ascii: a lone surrogate travels as a \\ud800 escape
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v1/image-editor"
+
+
+def test_absurd_answers_fail_their_skus_cleanly_and_the_ledger_keeps_working(tmp_path: Path, admin: Admin, workspace: Workspace) -> None:
+    fake = _AbsurdFlokan()
+    try:
+        pipeline = make_pipeline(tmp_path, workspace, rows_for(2, **{"SKU-01": {"title": "item 1 "}}))
+        resources = dict(pipeline.defs.resources or {})
+        resources["flokan"] = FlokanResource(api_key="flk_test_absurd", base_url=fake.base_url, max_attempts=1)
+        pipeline.defs = dg.Definitions(assets=pipeline.defs.assets, resources=resources)  # type: ignore[arg-type]
+        [result] = pipeline.run("hero_images", ["SKU-00", "SKU-01"])
+    finally:
+        fake.server.shutdown()
+        fake.server.server_close()
+    assert not result.success
+    description = failure_description(result)
+    assert "- SKU-00: " in description and "credits_consumed" in description
+    assert "- SKU-01: FlokanSafetyFilterError: rejected \\ud800 by the provider" in description
+    assert pipeline.ledger.spooled_count() == 0
+    records = {r.sku: r for r in pipeline.ledger.attempts_for(asset="hero_images")}
+    assert records["SKU-00"].status == "unknown" and records["SKU-00"].credits_consumed is None
+    assert records["SKU-01"].status == "rejected" and "rejected" in (records["SKU-01"].error or "")

@@ -14,9 +14,9 @@ Example:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from flokan_dagster.api import rules
 
@@ -111,6 +111,11 @@ class _Response(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+# Credits and durations are counts: a negative one, or one beyond a 64-bit integer (what the
+# ledger stores), is a malformed answer, not a value to record.
+_Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
 class UploadTicket(_Response):
     """The answer of ``POST /upload-url``: where to PUT the bytes."""
 
@@ -129,8 +134,8 @@ class ProcessResult(_Response):
     result_image_id: str | None = None
     model_tier: str | None = None
     provider_used: str | None = None
-    credits_consumed: int | None = None
-    processing_ms: int | None = None
+    credits_consumed: _Count | None = None
+    processing_ms: _Count | None = None
     created_at: datetime | None = None
     completed_at: datetime | None = None
 
@@ -140,7 +145,7 @@ class CreditEstimate(_Response):
 
     model_tier: str | None = None
     provider: str | None = None
-    estimated_credits: int
+    estimated_credits: _Count
     is_exact: bool | None = None
     available_credits: int | None = None
     can_proceed: bool | None = None
@@ -162,8 +167,8 @@ class Job(_Response):
     character_id: str | None = None
     result_url: str | None = None
     result_image_id: str | None = None
-    credits_consumed: int | None = None
-    processing_ms: int | None = None
+    credits_consumed: _Count | None = None
+    processing_ms: _Count | None = None
     error: str | None = None
     created_at: datetime | None = None
     completed_at: datetime | None = None

@@ -310,5 +310,6 @@ def _error_message(body: bytes) -> str | None:
         text = body[:200].decode("utf-8", "replace").strip()
         return f"non-JSON error body: {text!r}" if text else None
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-        return parsed["error"]
+        # JSON may carry lone surrogates (``\\ud800``); an exception message must stay valid text.
+        return parsed["error"].encode("utf-8", "backslashreplace").decode("utf-8")
     return None

@@ -142,19 +142,34 @@ class _RevisionClock:
 _CLOCK: Final = _RevisionClock()
 
 
+# The range of DuckDB's BIGINT, the type of the integer columns.
+_BIGINT_MIN: Final = -(2**63)
+_BIGINT_MAX: Final = 2**63 - 1
+
+
 def _clean(field: str, value: Any) -> Any:
-    """Coerce one event value to its column type; strings are scrubbed of key-shaped text."""
+    """Coerce one event value to its column type; strings are scrubbed of key-shaped text.
+
+    An event is spooled before it is merged, and every later merge and read applies the whole
+    spool: a value DuckDB cannot store would fail them all. So such a value is refused here (an
+    integer beyond BIGINT) or made storable (text that is not valid Unicode, e.g. a lone
+    surrogate a server sent as a JSON escape, keeps a visible backslash escape).
+    """
     if value is None:
         return None
     if field in INT_FIELDS:
-        return int(value)
+        number = int(value)
+        if not _BIGINT_MIN <= number <= _BIGINT_MAX:
+            raise ValueError(f"{field}: {number} is out of the ledger's integer range")
+        return number
     if field in TIMESTAMP_FIELDS:
         return to_utc_naive(value)
     if field == "status" and value not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {value!r}")
     if field == "origin" and value not in ORIGINS:
         raise ValueError(f"origin must be one of {', '.join(ORIGINS)}, got {value!r}")
-    return redact_secrets(str(value))
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return redact_secrets(text)
 
 
 @dataclasses.dataclass(frozen=True)
