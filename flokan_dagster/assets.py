@@ -136,6 +136,7 @@ def build_flokan_image_asset(
         plan = plan_batch(
             skus, table, ledger=ledger, store=store, asset=name, run_id=run_id,
             upstream=upstream_key.to_user_string() if upstream_key else None, force=config.force,
+            run_is_live=lambda other: _run_is_live(context.instance, other),
         )  # fmt: skip
         limits = BudgetLimits(
             run_budget_credits=config.run_budget_credits if config.run_budget_credits is not None else run_budget_credits,
@@ -183,6 +184,11 @@ def build_flokan_image_asset(
             )
 
     return _image_asset
+
+
+def _run_is_live(instance: dg.DagsterInstance, run_id: str) -> bool:
+    run = instance.get_run_by_id(run_id)
+    return run is not None and not run.is_finished
 
 
 def _key_of(upstream: dg.AssetsDefinition | dg.AssetKey | str) -> dg.AssetKey:

@@ -265,8 +265,8 @@ class BatchRunner:
         if job is None or job.status not in TERMINAL_STATUSES:
             state = "its job was not found" if job is None else f"job {job.job_id} is still {job.status}"
             raise SkuFailed(
-                f"outcome unknown after {self.settle.timeout_s:.0f}s ({state}); left as 'unknown' in the ledger "
-                "for the reconciliation sensor; it will not be paid twice"
+                f"outcome unknown after {self.settle.timeout_s:.0f}s ({state}); the attempt is left unsettled in the "
+                "ledger for the reconciliation sensor; it will not be paid twice"
             )
         try:
             await asyncio.to_thread(self.ledger.settle_attempt, record.attempt_id, job.model_dump(mode="json"))
