@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import tempfile
 import unicodedata
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,12 +237,6 @@ def write_catalog(path: Path, rows: list[Row]) -> Path:
         writer.writeheader()
         writer.writerows([{c: row.cells.get(c, "") for c in COLUMNS} for row in rows])
     return path
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory() as directory:
-        yield Path(directory)
 
 
 @settings(max_examples=6, deadline=None, derandomize=True,

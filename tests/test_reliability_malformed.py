@@ -10,10 +10,13 @@ did not happen.
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
 
 from flokan_dagster import FlokanClient, FlokanResource
 from flokan_dagster.image_store import ImageStore
@@ -164,10 +167,6 @@ def test_an_oversized_download_fails_the_sku_and_the_next_run_fetches_it_without
 
 def test_a_value_duckdb_cannot_hold_never_poisons_the_spool(tmp_path: Path) -> None:
     """A server's absurd number or a lone surrogate (legal in JSON) must not brick every later write and read."""
-    import json
-
-    import pytest
-
     ledger = CreditLedger(str(tmp_path / "ledger.duckdb"))
     attempt = ledger.begin_attempt(asset="hero_images", sku="A", prompt="p", model_tier="pro")
     surrogate = json.loads('"provider said \\udcff\\ud800"')
@@ -188,9 +187,6 @@ class _AbsurdFlokan:
     """A Flokan that answers with values no ledger column can hold (served by a thread)."""
 
     def __init__(self) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
         job = {"job_id": "00000000-0000-4000-8000-0000000000aa", "status": "completed", "prompt": "Studio photo of item 0 in red",
                "model_tier": "standard", "provider": "platform", "provider_used": "system",
                "result_url": "http://127.0.0.1:1/x.png", "credits_consumed": 10**30, "processing_ms": 5,
