@@ -230,6 +230,7 @@ def sku_materialization(key: dg.AssetKey, outcome: SkuOutcome) -> dg.AssetMateri
         "provider_used": record.provider_used or "",
         "credits_consumed": dg.MetadataValue.int(int(record.credits_consumed or 0)),
         "credits_spent_this_run": dg.MetadataValue.int(outcome.credits_spent),
+        "process_calls_this_run": dg.MetadataValue.int(outcome.requests),
         "estimated_credits": dg.MetadataValue.int(int(record.estimated_credits or 0)),
         "processing_ms": dg.MetadataValue.int(int(record.processing_ms or 0)),
         "seconds": dg.MetadataValue.float(round(outcome.seconds, 3)),

@@ -360,12 +360,3 @@ def _result_fields(result: ProcessResult | Job) -> dict[str, Any]:
         "completed_at": result.completed_at,
         "provider_used": result.provider_used,
     }
-
-
-def outcome_counts(outcomes: list[SkuOutcome]) -> dict[str, int]:
-    """How many SKUs were made, adopted, reused and failed."""
-    counts = {"made": 0, "adopted": 0, "reused": 0, "failed": 0}
-    for outcome in outcomes:
-        counts[outcome.kind] += 1
-    return counts
-

@@ -45,6 +45,7 @@ class _Progress(logging.Handler):
         self.outcomes: list[tuple[str, SkuOutcome]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Print one finished SKU."""
         outcome: SkuOutcome | None = getattr(record, "flokan_outcome", None)
         if outcome is None:
             return

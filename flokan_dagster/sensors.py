@@ -392,10 +392,12 @@ class _CatalogCursor:
     ticks: int = 0
 
     def encode(self) -> str:
+        """The cursor as Dagster stores it."""
         return json.dumps({"v": 1, "digest": self.digest, "ticks": self.ticks}, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str | None, log: Any) -> _CatalogCursor:
+        """Read a stored cursor; a corrupt one is logged and starts afresh."""
         if not text:
             return cls()
         try:

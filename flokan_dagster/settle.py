@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flokan_dagster.api import rules
-from flokan_dagster.api.client import AsyncFlokanClient, FlokanClient
+from flokan_dagster.api.client import AsyncFlokanClient
 from flokan_dagster.api.models import Job, ProcessRequest
 
 TERMINAL_STATUSES = frozenset({"completed", "failed"})
@@ -116,16 +116,8 @@ class JobMatcher:
         return min(self.candidates, key=lambda job: abs((_aware(job.created_at) - self.sent_at).total_seconds()))  # type: ignore[arg-type]
 
 
-def find_job(client: FlokanClient, matcher: JobMatcher) -> Job | None:
-    """Scan ``GET /jobs`` newest first until older than the window; return the best match."""
-    for job in client.iter_jobs():
-        if not matcher.consider(job):
-            break
-    return matcher.best()
-
-
 async def find_job_async(client: AsyncFlokanClient, matcher: JobMatcher) -> Job | None:
-    """Async :func:`find_job`."""
+    """Scan ``GET /jobs`` newest first until older than the window; return the best match."""
     async for job in client.iter_jobs():
         if not matcher.consider(job):
             break

@@ -10,6 +10,20 @@ from flokan_dagster.emulator import EmulatorConfig, EmulatorServer
 from tests.support import Admin, Workspace
 
 
+@pytest.fixture(autouse=True)
+def _forget_disposed_instances() -> Iterator[None]:
+    """Undo a Dagster 1.13 leak between tests.
+
+    ``DagsterInstance.__exit__`` (so ``with dg.instance_for_test():``) disposes the instance but
+    leaves it set as the process's defs-state storage, and every later definitions load then
+    reads a deleted database. No public API resets it, hence the private import, in tests only.
+    """
+    yield
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    _current_storage.set(None)
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorServer]:
     """One emulator for the session (zero latency); tests isolate themselves by workspace."""

@@ -119,6 +119,7 @@ def test_batch_of_20_with_three_bad_skus(tmp_path: Path, admin: Admin, workspace
 
     metadata = materialized["SKU-00"].metadata
     assert metadata["credits_consumed"].value == 20 and isinstance(metadata["credits_consumed"].value, int)
+    assert metadata["process_calls_this_run"].value == 1
     for name in ("job_id", "model_tier", "provider_used", "processing_ms", "result_image_id", "fingerprint",
                  "width", "height", "bytes", "sha256"):  # fmt: skip
         assert name in metadata, name
@@ -139,7 +140,9 @@ def test_batch_of_20_with_three_bad_skus(tmp_path: Path, admin: Admin, workspace
     assert len(again) == 4 and all(r.success for r in again)  # four contiguous ranges around the bad SKUs
     assert admin.hits("POST /process") == hits
     assert workspace.info()["credits_deducted"] == deducted
-    assert {m.metadata["outcome"].value for k, m in pipeline.materialized("hero_images").items()} == {"reused"}
+    reused = pipeline.materialized("hero_images").values()
+    assert {m.metadata["outcome"].value for m in reused} == {"reused"}
+    assert {m.metadata["process_calls_this_run"].value for m in reused} == {0}
 
 
 def test_force_regenerates(tmp_path: Path, admin: Admin, workspace: Workspace) -> None:

@@ -139,8 +139,12 @@ def test_refresh_schedule_requests_only_stale_skus_in_batches(
 ) -> None:
     rows = rows_for(6)
     pipeline = make_pipeline(tmp_path, workspace, rows)
-    # A schedule context needs a persistent instance (an ephemeral one has no instance ref).
-    pipeline.instance = stack.enter_context(dg.instance_for_test())
+    # A schedule context needs a persistent instance (an ephemeral one has no instance ref). Not
+    # `with instance_for_test()`: Dagster 1.13's DagsterInstance.__exit__ leaves the instance's
+    # defs-state storage set for the process, breaking every later definitions load in it.
+    (tmp_path / "dagster_home").mkdir()
+    pipeline.instance = dg.DagsterInstance.local_temp(str(tmp_path / "dagster_home"))
+    stack.callback(pipeline.instance.dispose)
     pipeline.instance.add_dynamic_partitions(SKU_PARTITIONS.name, [r["sku"] for r in rows])
     pipeline.run("hero_images", [r["sku"] for r in rows])
     schedule = build_flokan_refresh_schedule(["hero_images"], catalog=pipeline.catalog, mapping=HERO, batch_size=2,

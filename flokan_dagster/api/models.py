@@ -73,11 +73,6 @@ class ProcessRequest(_Request):
             provider=provider,  # type: ignore[arg-type]
         )
 
-    @property
-    def effective_provider(self) -> str:
-        """The provider the server applies: ``platform`` when none is sent."""
-        return self.provider or rules.PLATFORM_PROVIDER
-
 
 class UploadUrlRequest(_Request):
     """The body of ``POST /upload-url``."""
