@@ -117,11 +117,9 @@ def build_demo_definitions(settings: DemoSettings | None = None) -> dg.Definitio
     return dg.Definitions(
         assets=[catalog_asset, hero, lifestyle, report],
         sensors=[
-            # Reconciliation spends nothing, so it runs by default; the sensor and schedule that launch
-            # paid runs wait for someone to turn them on.
-            build_flokan_reconciliation_sensor(
-                [hero, lifestyle], rerun_failed=True, default_status=dg.DefaultSensorStatus.RUNNING
-            ),
+            # Reconciliation spends nothing (re-runs of failed SKUs, which would, are off), so it runs
+            # by default; the sensor and schedule that launch paid runs wait to be turned on.
+            build_flokan_reconciliation_sensor([hero, lifestyle], default_status=dg.DefaultSensorStatus.RUNNING),
             build_flokan_catalog_sensor([hero, lifestyle], catalog=settings.catalog, mapping=HERO_MAPPING),
         ],
         schedules=[
