@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from results import result  # noqa: E402
+from results import result as report_figure  # noqa: E402
 from flokan_dagster.api.client import FlokanClient  # noqa: E402
 from flokan_dagster.emulator import EmulatorConfig, EmulatorProcess  # noqa: E402
 from flokan_dagster.image_store import ImageStore  # noqa: E402
@@ -84,9 +84,9 @@ def main() -> None:
     print(f"{'  ... in one tick, caught up':<44}{str(b.caught_up):>14}{'True':>14}")
     print(f"{'  ... requests':<44}{b.requests:>14}{'':>14}")
     ok = q.requests <= QUIET_TICK_MAX_REQUESTS and b.seconds < NEW_JOBS_TARGET_S and b.new == args.new and b.caught_up
-    result(f"reconciliation tick with nothing new, {args.history:,}-job history", f"{q.requests} request(s), {q.seconds:.2f} s",
+    report_figure(f"reconciliation tick with nothing new, {args.history:,}-job history", f"{q.requests} request(s), {q.seconds:.2f} s",
            f"<= {QUIET_TICK_MAX_REQUESTS} requests", q.requests <= QUIET_TICK_MAX_REQUESTS)
-    result(f"reconciliation tick after {args.new:,} new jobs", f"{b.seconds:.2f} s, {b.new:,} ingested",
+    report_figure(f"reconciliation tick after {args.new:,} new jobs", f"{b.seconds:.2f} s, {b.new:,} ingested",
            f"< {NEW_JOBS_TARGET_S:.0f} s, all in one tick", b.seconds < NEW_JOBS_TARGET_S and b.new == args.new and b.caught_up)
     print("\nall targets met" if ok else "\nTARGET MISSED")
     sys.exit(0 if ok else 1)

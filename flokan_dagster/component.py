@@ -48,6 +48,11 @@ from flokan_dagster.assets import build_flokan_image_asset
 from flokan_dagster.catalog import CatalogMapping
 from flokan_dagster.report import build_cost_report_asset
 from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
+from flokan_dagster.sensors import (
+    build_flokan_catalog_sensor,
+    build_flokan_reconciliation_sensor,
+    build_flokan_refresh_schedule,
+)
 
 ModelTier = Literal["pro", "standard", "creative"]
 """The API's model tiers (``rules.MODEL_TIERS``), spelled out so a wrong one fails the load, named."""
@@ -146,6 +151,9 @@ class FlokanImagesComponent(dg.Component, dg.Resolvable, dg.Model):
     style_id: str | None = Field(default=None, description="Default style preset id.")
     character_id: str | None = Field(default=None, description="Default character preset id.")
     batch_size: int = Field(default=25, ge=1, description="SKUs per run when backfilling.")
+    refresh_cron: str = Field(
+        default="0 4 * * *", description="Cron (UTC) of the schedule that regenerates stale SKUs (stopped until turned on)."
+    )
     run_budget_credits: int | None = Field(default=None, ge=0, description="Refuse a run whose estimate exceeds this.")
     daily_budget_credits: int | None = Field(
         default=None, ge=0, description="Refuse a run that would take today's (UTC) spending past this."
@@ -214,7 +222,7 @@ class FlokanImagesComponent(dg.Component, dg.Resolvable, dg.Model):
         )
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        """The image asset(s), the cost report asset and the three resources they need."""
+        """The image asset(s), the cost report, the sensors and schedule, and the three resources they need."""
         base = context.path if context.path.is_dir() else context.path.parent
         catalog = _resolve(base, self.catalog)
 
@@ -232,8 +240,19 @@ class FlokanImagesComponent(dg.Component, dg.Resolvable, dg.Model):
         assets = [hero]
         if self.lifestyle is not None and self.lifestyle_name is not None:
             assets.append(image_asset(self.lifestyle_name, self.lifestyle, upstream=hero))
+        hero_mapping = self.mapping_for(self.hero)
         return dg.Definitions(
             assets=[*assets, build_cost_report_asset(deps=assets)],
+            # As in the demo: reconciliation spends nothing and runs; what launches paid runs waits to be turned on.
+            sensors=[
+                build_flokan_reconciliation_sensor(assets, default_status=dg.DefaultSensorStatus.RUNNING),
+                build_flokan_catalog_sensor(assets, catalog=catalog, mapping=hero_mapping, catalog_table=self.catalog_table,
+                                            batch_size=self.batch_size),
+            ],
+            schedules=[
+                build_flokan_refresh_schedule(assets, catalog=catalog, mapping=hero_mapping, catalog_table=self.catalog_table,
+                                              batch_size=self.batch_size, cron_schedule=self.refresh_cron),
+            ],  # fmt: skip
             resources={
                 "flokan": FlokanResource(api_key=dg.EnvVar(self.flokan.api_key_env_var), base_url=self.flokan.base_url),
                 "flokan_ledger": FlokanLedgerResource(database=_resolve(base, self.ledger_database)),

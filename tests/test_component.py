@@ -147,3 +147,5 @@ def test_relative_paths_resolve_against_the_defs_folder_and_connection_strings_p
     assert defs.resources["flokan_ledger"].database == "md:flokan"
     assert defs.resources["flokan_images"].directory == str(tmp_path / "images")
     assert {key.to_user_string() for key in defs.resolve_all_asset_keys()} == {"hero_images", "flokan_cost_report"}
+    assert sorted(sensor.name for sensor in defs.sensors or []) == ["flokan_catalog_sync", "flokan_reconciliation"]
+    assert [schedule.cron_schedule for schedule in defs.schedules or []] == ["0 4 * * *"]
