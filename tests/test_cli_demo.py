@@ -43,6 +43,8 @@ def test_materialize_then_report(demo_env: Path, workspace: Workspace, capsys: p
     summary = json.loads(capsys.readouterr().out)
     assert summary["credits"] == workspace.info()["credits_deducted"] == 120
     assert summary["by_status"]["completed"]["attempts"] == 6
+    assert {row["sku"]: row["credits"] for row in summary["top_skus"]} == {"MUG-001": 40, "TEE-002": 40, "BAG-001": 40}
+    assert summary["by_tier_provider"][0]["credits"] == 120
 
     assert cli.main(["materialize", "--sku", "MUG-001"]) == 0
     assert "made 0, adopted 0, reused 2, failed 0; 0 credits spent" in capsys.readouterr().out
