@@ -69,6 +69,11 @@ class Call:
     process: ProcessRequest | None = None
     max_body_bytes: int = MAX_API_BODY_BYTES
 
+    @property
+    def path(self) -> str:
+        """The path part of ``label`` (never the query string)."""
+        return self.label.split(" ", 1)[1]
+
 
 @dataclass
 class ClientStats:
@@ -198,17 +203,13 @@ class Engine:
                 request=call.process,
                 sent_at=sent_at,
                 cause=name,
-                rate_limit=self.rate_limit.state,
-                method=call.method,
-                path=call.label.split(" ", 1)[1],
+                **self._context(call),
             ) from None
         kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "could not be completed"
         error_class = FlokanUploadError if not call.api and call.method == "PUT" else FlokanConnectionError
         raise error_class(
             f"{call.label} {kind} after {attempt + 1} attempt(s): {name}",
-            rate_limit=self.rate_limit.state,
-            method=call.method,
-            path=call.label.split(" ", 1)[1],
+            **self._context(call),
         ) from None
 
     def after_response(
@@ -230,13 +231,7 @@ class Engine:
                 return wait
         # A proxy or gateway may echo the request (its Authorization header) in its error text.
         message = self.redact(_error_message(body) or f"HTTP {status}")
-        common: dict[str, Any] = {
-            "status_code": status,
-            "request_id": response.headers.get("X-Request-Id"),
-            "rate_limit": self.rate_limit.state,
-            "method": call.method,
-            "path": call.label.split(" ", 1)[1],
-        }
+        common = self._context(call, response)
         if call.process is not None and status >= 500:
             raise FlokanUnknownOutcomeError(
                 f"{message}: the outcome of {call.label} is unknown (HTTP {status} after the request was sent); "
@@ -258,9 +253,9 @@ class Engine:
         try:
             parsed = json.loads(body)
         except (UnicodeDecodeError, ValueError):
-            self._malformed(call, response, sent_at, "the body is not JSON")
+            raise self._malformed(call, response, sent_at, "the body is not JSON") from None
         if not isinstance(parsed, dict) or parsed.get("success") is not True or "data" not in parsed:
-            self._malformed(call, response, sent_at, "the body is not a success envelope with data")
+            raise self._malformed(call, response, sent_at, "the body is not a success envelope with data")
         return parsed
 
     def parse(self, model: type[ModelT], call: Call, response: httpx.Response, body: bytes, sent_at: datetime) -> ModelT:
@@ -273,34 +268,32 @@ class Engine:
             return model.model_validate(data)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
-            self._malformed(call, response, sent_at, f"unexpected fields ({problems})")
+            raise self._malformed(call, response, sent_at, f"unexpected fields ({problems})") from None
 
     def too_big(self, call: Call, response: httpx.Response, sent_at: datetime) -> FlokanError:
         """The error for an answer larger than ``call.max_body_bytes``."""
-        try:
-            self._malformed(call, response, sent_at, f"the body exceeds {call.max_body_bytes} bytes")
-        except FlokanError as exc:
-            return exc
+        return self._malformed(call, response, sent_at, f"the body exceeds {call.max_body_bytes} bytes")
 
-    def _malformed(self, call: Call, response: httpx.Response, sent_at: datetime, what: str) -> Any:
-        common: dict[str, Any] = {
-            "status_code": response.status_code,
-            "request_id": response.headers.get("X-Request-Id"),
-            "rate_limit": self.rate_limit.state,
-            "method": call.method,
-            "path": call.label.split(" ", 1)[1],
-        }
+    def _context(self, call: Call, response: httpx.Response | None = None) -> dict[str, Any]:
+        """What every error of ``call`` carries: status, request id, rate-limit state, method and path."""
+        context: dict[str, Any] = {"rate_limit": self.rate_limit.state, "method": call.method, "path": call.path}
+        if response is not None:
+            context.update(status_code=response.status_code, request_id=response.headers.get("X-Request-Id"))
+        return context
+
+    def _malformed(self, call: Call, response: httpx.Response, sent_at: datetime, what: str) -> FlokanError:
+        """The error for an answer that is not the documented envelope."""
         if call.process is not None:
             # A 2xx from /process means the job ran and was charged even if we cannot read it.
-            raise FlokanUnknownOutcomeError(
+            return FlokanUnknownOutcomeError(
                 f"{call.label} answered {response.status_code} but {what}; the job may have been charged: "
                 "settle it from GET /jobs",
                 request=call.process,
                 sent_at=sent_at,
                 cause="malformed response",
-                **common,
+                **self._context(call, response),
             )
-        raise FlokanResponseError(f"malformed response from {call.label}: {what}", **common)
+        return FlokanResponseError(f"malformed response from {call.label}: {what}", **self._context(call, response))
 
 
 def _error_message(body: bytes) -> str | None:
