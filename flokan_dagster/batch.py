@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Literal
 
 from flokan_dagster.api.client import AsyncFlokanClient
@@ -28,7 +28,7 @@ from flokan_dagster.background import Level, LogFunction
 from flokan_dagster.catalog import SkuSpec
 from flokan_dagster.image_store import ImageStore, StoredImage
 from flokan_dagster.ledger import AttemptRecord, CreditLedger
-from flokan_dagster.settle import TERMINAL_STATUSES, JobMatcher, RequestFields, find_job_async
+from flokan_dagster.settle import TERMINAL_STATUSES, JobMatcher, RequestFields, as_utc, find_job_async
 
 logger = logging.getLogger("flokan_dagster.batch")
 
@@ -279,7 +279,7 @@ class BatchRunner:
 
     async def _settle_earlier(self, earlier: AttemptRecord, sku: str) -> SkuOutcome | None:
         """Settle an attempt a previous run left unknown; its finished job is adopted."""
-        sent_at = earlier.sent_at.replace(tzinfo=timezone.utc) if earlier.sent_at else utcnow()
+        sent_at = as_utc(earlier.sent_at) if earlier.sent_at else utcnow()
         job = await self._lookup(RequestFields.of(earlier), sent_at, earlier.attempt_id)
         if job is None:
             await asyncio.to_thread(

@@ -31,16 +31,17 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from flokan_dagster.api import rules
 from flokan_dagster.api.client import FlokanClient
 from flokan_dagster.api.errors import FlokanError, FlokanNotFoundError, FlokanRateLimitError
 from flokan_dagster.api.models import Job
+from flokan_dagster.api.retry import utcnow
 from flokan_dagster.image_store import ImageStore, StoredImage
 from flokan_dagster.ledger import AttemptRecord, CreditLedger
-from flokan_dagster.settle import DEFAULT_SKEW_S, DEFAULT_WINDOW_S, TERMINAL_STATUSES, JobMatcher, RequestFields
+from flokan_dagster.settle import DEFAULT_SKEW_S, DEFAULT_WINDOW_S, TERMINAL_STATUSES, JobMatcher, RequestFields, as_utc
 
 logger = logging.getLogger("flokan_dagster.reconcile")
 
@@ -111,7 +112,7 @@ class ScanPosition:
         """Whether this scan processed ``job`` already (on an earlier, since shifted, page)."""
         if self.last is None or job.created_at is None:
             return False
-        created = _aware(job.created_at)
+        created = as_utc(job.created_at)
         return created > self.last or (created == self.last and job.job_id in self.last_ids)
 
 
@@ -175,7 +176,7 @@ class ReconcileCursor:
                 resume = ScanPosition(
                     page=_positive_int(raw["page"]), stop=_parse_time(raw.get("stop")),
                     stop_ids=_ids(raw.get("stop_ids")), last=_parse_time(raw.get("last")),
-                    last_ids=_ids(raw.get("last_ids")), started=_parse_time(raw["started"]) or _utcnow(),
+                    last_ids=_ids(raw.get("last_ids")), started=_parse_time(raw["started"]) or utcnow(),
                 )  # fmt: skip
             return cls(
                 newest=_parse_time(data.get("newest")),
@@ -339,7 +340,7 @@ def _decode(
         return ReconcileCursor.from_json(cursor)
     except CursorError as exc:
         known = ledger.newest_job_created_at()
-        newest = _aware(known) if known is not None else _utcnow() - timedelta(seconds=settings.overlap_s)
+        newest = as_utc(known) if known is not None else utcnow() - timedelta(seconds=settings.overlap_s)
         log.warning(
             f"reconciliation cursor ignored ({exc}); starting from {newest.isoformat()} minus the overlap window "
             "(the ledger's newest job, or now when the ledger has none)"
@@ -352,7 +353,7 @@ class _Pass:
 
     def __init__(self, client: FlokanClient, ledger: CreditLedger, store: ImageStore, settings: ReconcileSettings, log: Any) -> None:
         self.client, self.ledger, self.store, self.settings, self.log = client, ledger, store, settings, log
-        self.now = _utcnow()
+        self.now = utcnow()
         self.deadline = time.monotonic() + settings.budget_s
         self.summary = ReconcileSummary()
         self.seen: set[str] = set()  # job ids read in this pass
@@ -419,15 +420,15 @@ class _Pass:
                 break
             self.summary.pages += 1
             if number == 1 and cursor.resume is None and page.jobs and page.jobs[0].created_at:
-                head = _aware(page.jobs[0].created_at)
+                head = as_utc(page.jobs[0].created_at)
                 if newest is None or head >= newest:
-                    ids = tuple(j.job_id for j in page.jobs if j.created_at and _aware(j.created_at) == head)
+                    ids = tuple(j.job_id for j in page.jobs if j.created_at and as_utc(j.created_at) == head)
                     newest, newest_ids = head, ids if head != newest else tuple({*newest_ids, *ids})
             fresh, examined, reached = [], [], False
             for job in page.jobs:
                 if position.done(job):
                     continue
-                created = _aware(job.created_at) if job.created_at else None
+                created = as_utc(job.created_at) if job.created_at else None
                 if floor is not None and created is not None and created < floor:
                     reached = True
                     break
@@ -493,7 +494,7 @@ class _Pass:
     # ------------------------------------------------------------------ settling
 
     def _matcher(self, attempt: AttemptRecord) -> JobMatcher:
-        sent_at = _aware(attempt.sent_at or attempt.recorded_at or self.now)
+        sent_at = as_utc(attempt.sent_at or attempt.recorded_at or self.now)
         return JobMatcher(RequestFields.of(attempt), sent_at, skew_s=self.settings.skew_s, window_s=self.settings.window_s)
 
     def _settle_unknown(self) -> None:
@@ -595,8 +596,8 @@ def _advanced(position: ScanPosition, examined: list[Job]) -> ScanPosition:
     dated = [j for j in examined if j.created_at is not None]
     last, last_ids = position.last, position.last_ids
     if dated:
-        oldest = _aware(dated[-1].created_at)  # type: ignore[arg-type]
-        ids = tuple(j.job_id for j in dated if _aware(j.created_at) == oldest)  # type: ignore[arg-type]
+        oldest = as_utc(dated[-1].created_at)  # type: ignore[arg-type]
+        ids = tuple(j.job_id for j in dated if as_utc(j.created_at) == oldest)  # type: ignore[arg-type]
         last_ids = tuple({*last_ids, *ids}) if oldest == last else ids
         last = oldest
     return ScanPosition(position.page + 1, position.stop, position.stop_ids, last, last_ids, position.started)
@@ -630,26 +631,18 @@ def _job_of(record: AttemptRecord) -> Job:
         image_id=record.image_id, image_url=record.image_url, style_id=record.style_id,
         character_id=record.character_id, result_url=record.result_url, result_image_id=record.result_image_id,
         credits_consumed=record.credits_consumed, processing_ms=record.processing_ms, error=record.error,
-        created_at=_aware(record.job_created_at) if record.job_created_at else None,
-        completed_at=_aware(record.completed_at) if record.completed_at else None,
+        created_at=as_utc(record.job_created_at) if record.job_created_at else None,
+        completed_at=as_utc(record.completed_at) if record.completed_at else None,
     )  # fmt: skip
 
 
 def _age_s(attempt: AttemptRecord, now: datetime) -> float:
     sent = attempt.sent_at or attempt.recorded_at
-    return (now - _aware(sent)).total_seconds() if sent else 0.0
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return (now - as_utc(sent)).total_seconds() if sent else 0.0
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else _aware(moment).isoformat()
+    return None if moment is None else as_utc(moment).isoformat()
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -657,7 +650,7 @@ def _parse_time(value: Any) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise CursorError(f"expected an ISO timestamp, got {type(value).__name__}")
-    return _aware(datetime.fromisoformat(value))
+    return as_utc(datetime.fromisoformat(value))
 
 
 def _ids(value: Any) -> tuple[str, ...]:

@@ -68,8 +68,14 @@ def _provider_of(job: Job) -> str:
     return rules.PLATFORM_PROVIDER
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` as an aware UTC datetime; a naive one (as the ledger stores them) is taken as UTC.
+
+    Example:
+        >>> as_utc(datetime(2026, 5, 4, 11, 0)).isoformat()
+        '2026-05-04T11:00:00+00:00'
+    """
+    return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 class JobMatcher:
@@ -78,7 +84,6 @@ class JobMatcher:
     Args:
         fields: The request's identifying fields.
         sent_at: When the request was sent (client clock).
-        exclude: Job ids already owned by other attempts.
         skew_s: Tolerated clock difference between client and server.
         window_s: How long after ``sent_at`` the job may have been created.
     """
@@ -87,13 +92,11 @@ class JobMatcher:
         self,
         fields: RequestFields,
         sent_at: datetime,
-        exclude: set[str] | frozenset[str] = frozenset(),
         skew_s: float = DEFAULT_SKEW_S,
         window_s: float = DEFAULT_WINDOW_S,
     ) -> None:
         self.fields = fields
-        self.sent_at = _aware(sent_at)
-        self.exclude = exclude
+        self.sent_at = as_utc(sent_at)
         self.earliest = self.sent_at - timedelta(seconds=skew_s)
         self.latest = self.sent_at + timedelta(seconds=window_s)
         self.candidates: list[Job] = []
@@ -102,10 +105,10 @@ class JobMatcher:
         """Look at the next job of the listing; False once the listing is older than the window."""
         if job.created_at is None:
             return True
-        created = _aware(job.created_at)
+        created = as_utc(job.created_at)
         if created < self.earliest:
             return False
-        if created <= self.latest and job.job_id not in self.exclude and self.fields.matches(job):
+        if created <= self.latest and self.fields.matches(job):
             self.candidates.append(job)
         return True
 
@@ -113,7 +116,7 @@ class JobMatcher:
         """The matching job created closest to ``sent_at``, or None."""
         if not self.candidates:
             return None
-        return min(self.candidates, key=lambda job: abs((_aware(job.created_at) - self.sent_at).total_seconds()))  # type: ignore[arg-type]
+        return min(self.candidates, key=lambda job: abs((as_utc(job.created_at) - self.sent_at).total_seconds()))  # type: ignore[arg-type]
 
 
 async def find_job_async(client: AsyncFlokanClient, matcher: JobMatcher) -> Job | None:
