@@ -19,7 +19,6 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -28,7 +27,15 @@ from flokan_dagster.api.client import FlokanClient
 from flokan_dagster.assets import SKU_PARTITIONS, progress_logger
 from flokan_dagster.batch import SkuOutcome
 from flokan_dagster.catalog import load_catalog, partition_changes
-from flokan_dagster.demo import HERO_MAPPING, IMAGE_ASSETS, DemoSettings, build_demo_definitions
+from flokan_dagster.demo import (
+    HERO_MAPPING,
+    IMAGE_ASSETS,
+    DemoSettings,
+    build_demo_definitions,
+    data_dir_from_env,
+    images_dir,
+    ledger_path,
+)
 from flokan_dagster.image_store import ImageStore
 from flokan_dagster.ledger import CreditLedger, cost_summary, render_markdown
 from flokan_dagster.reconcile import reconcile
@@ -107,7 +114,7 @@ def materialize(args: argparse.Namespace) -> int:
         f"\nmade {counts['made']}, adopted {counts['adopted']}, reused {counts['reused']}, "
         f"failed {counts['failed'] + missing}; {credits} credits spent"
     )
-    print(f"ledger: {settings.data_dir / 'ledger.duckdb'}   images: {settings.data_dir / 'images'}")
+    print(f"ledger: {ledger_path(settings.data_dir)}   images: {images_dir(settings.data_dir)}")
     if not report.success:
         print("the cost report failed", file=sys.stderr)
     return 0 if counts["failed"] == 0 and missing == 0 and report.success else 1
@@ -116,11 +123,11 @@ def materialize(args: argparse.Namespace) -> int:
 def reconcile_command(args: argparse.Namespace) -> int:
     """The ``reconcile`` command: one pass of the reconciliation sensor's code."""
     settings = DemoSettings.from_env()
-    ledger = CreditLedger(str(settings.data_dir / "ledger.duckdb"))
+    ledger = CreditLedger(str(ledger_path(settings.data_dir)))
     cursor_file = settings.data_dir / "reconcile_cursor.json"
     cursor = cursor_file.read_text() if cursor_file.exists() else None
     with FlokanClient(api_key=settings.api_key, base_url=settings.base_url) as client:
-        result = reconcile(client, ledger, ImageStore(settings.data_dir / "images"), cursor)
+        result = reconcile(client, ledger, ImageStore(images_dir(settings.data_dir)), cursor)
     cursor_file.write_text(result.cursor.to_json())
     ledger.flush_spool()
     print(result.summary.describe())
@@ -133,8 +140,7 @@ def reconcile_command(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     """The ``report`` command."""
-    data_dir = Path(os.environ.get("FLOKAN_DATA_DIR") or Path(__file__).resolve().parent.parent / ".data")
-    database = data_dir / "ledger.duckdb"
+    database = ledger_path(data_dir_from_env())
     if not database.exists():
         print(f"no ledger at {database}: run `flokan-dagster materialize` first", file=sys.stderr)
         return 1
@@ -148,8 +154,7 @@ def stop_emulator(args: argparse.Namespace) -> int:
     """The ``stop-emulator`` command."""
     from flokan_dagster.local_emulator import stop_local_emulator
 
-    data_dir = Path(os.environ.get("FLOKAN_DATA_DIR") or Path(__file__).resolve().parent.parent / ".data")
-    print("stopped" if stop_local_emulator(data_dir) else "no local emulator was running")
+    print("stopped" if stop_local_emulator(data_dir_from_env()) else "no local emulator was running")
     return 0
 
 

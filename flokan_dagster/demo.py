@@ -43,6 +43,21 @@ HERO_MAPPING = CatalogMapping(
 )
 
 
+def data_dir_from_env() -> Path:
+    """``FLOKAN_DATA_DIR``, or ``.data`` in the project."""
+    return Path(os.environ.get("FLOKAN_DATA_DIR") or PROJECT_DIR / ".data").resolve()
+
+
+def ledger_path(data_dir: Path) -> Path:
+    """The demo's DuckDB ledger in ``data_dir``."""
+    return data_dir / "ledger.duckdb"
+
+
+def images_dir(data_dir: Path) -> Path:
+    """The demo's image store in ``data_dir``."""
+    return data_dir / "images"
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """Where the demo sends requests and keeps its files."""
@@ -57,7 +72,7 @@ class DemoSettings:
     @classmethod
     def from_env(cls) -> "DemoSettings":
         """Read the environment; start the local emulator when no Flokan workspace is configured."""
-        data_dir = Path(os.environ.get("FLOKAN_DATA_DIR") or PROJECT_DIR / ".data").resolve()
+        data_dir = data_dir_from_env()
         catalog = Path(os.environ.get("FLOKAN_CATALOG") or DEMO_CATALOG).resolve()
         key, base_url = os.environ.get("FLOKAN_API_KEY"), os.environ.get("FLOKAN_BASE_URL")
         if key:
@@ -131,8 +146,8 @@ def build_demo_definitions(settings: DemoSettings | None = None) -> dg.Definitio
                 api_key=settings.api_key if settings.uses_emulator else dg.EnvVar("FLOKAN_API_KEY"),
                 base_url=settings.base_url,
             ),
-            "flokan_ledger": FlokanLedgerResource(database=str(data_dir / "ledger.duckdb")),
-            "flokan_images": ImageStoreResource(directory=str(data_dir / "images")),
+            "flokan_ledger": FlokanLedgerResource(database=str(ledger_path(data_dir))),
+            "flokan_images": ImageStoreResource(directory=str(images_dir(data_dir))),
         },
     )
 

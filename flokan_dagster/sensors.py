@@ -52,6 +52,9 @@ AssetRef = dg.AssetsDefinition | dg.AssetKey | str
 
 # Dagster's documented run tag for a single-partition run.
 PARTITION_TAG = "dagster/partition"
+# Sensor and schedule ticks must end well within Dagster's 60 s: a ledger locked longer than this
+# fails that tick only (the next one tries again), rather than the tick being cut off.
+TICK_READ_TIMEOUT_S = 20.0
 _ACTIVE_RUN_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -247,8 +250,8 @@ def build_flokan_catalog_sensor(
         added, deleted = partition_changes(table.partition_keys, existing)
         ordered = [key for key in existing if key not in set(deleted)] + added
         busy = skus_in_active_runs(context.instance, ordered, keys)
-        # A tick must end well within Dagster's 60 s: a ledger locked longer fails this tick only.
-        stale = [sku for sku in stale_skus(table, flokan_ledger.get_ledger(read_timeout_s=20), root) if sku not in busy]
+        stale = [sku for sku in stale_skus(table, flokan_ledger.get_ledger(read_timeout_s=TICK_READ_TIMEOUT_S), root)
+                 if sku not in busy]  # fmt: skip
         ranges = sku_ranges(ordered, stale, batch_size)
         prefix = f"catalog:{digest[:12]}:{state.ticks}"
         requests = [_range_request(prefix, keys, first, last) for first, last in ranges[:max_runs_per_tick]]
@@ -327,7 +330,8 @@ def build_flokan_refresh_schedule(
         ordered = context.instance.get_dynamic_partitions(partitions_def.name)
         partitions = set(ordered)
         busy = skus_in_active_runs(context.instance, ordered, keys)
-        stale = [s for s in stale_skus(table, flokan_ledger.get_ledger(), root) if s in partitions and s not in busy]
+        ledger = flokan_ledger.get_ledger(read_timeout_s=TICK_READ_TIMEOUT_S)
+        stale = [s for s in stale_skus(table, ledger, root) if s in partitions and s not in busy]
         if not stale:
             return dg.SkipReason(f"no stale SKU among {len(partitions)} partition(s)")
         moment = context.scheduled_execution_time or datetime.now(timezone.utc)
