@@ -13,27 +13,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from results import result
+from sku_pipeline import SkuPipeline
 
-import dagster as dg  # noqa: E402
-
-from flokan_dagster import (  # noqa: E402
-    SKU_PARTITIONS,
-    CatalogMapping,
-    FlokanLedgerResource,
-    FlokanResource,
-    ImageStoreResource,
-    build_flokan_image_asset,
-    materialize_skus,
-)
-from flokan_dagster.emulator import EmulatorConfig, EmulatorProcess  # noqa: E402
-from results import result  # noqa: E402
+from flokan_dagster.emulator import EmulatorConfig, EmulatorProcess
 
 LATENCY_S = 1.0
 RATE_PER_MIN = 600
@@ -41,33 +27,9 @@ RATE_PER_MIN = 600
 
 def run(emulator: EmulatorProcess, work: Path, skus: list[str], batch_size: int, concurrency: int) -> float:
     """Materialize ``skus`` in runs of ``batch_size`` on a fresh workspace; return the wall time."""
-    workspace = emulator.admin.create_workspace(credits=10_000_000, rate_limit_per_minute=RATE_PER_MIN)
-    api_key = emulator.admin.create_key(workspace)
-    catalog = work / f"catalog-{batch_size}.csv"
-    with catalog.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["sku", "title"])
-        writer.writerows([sku, f"product {sku} batch {batch_size}"] for sku in skus)
-    asset = build_flokan_image_asset("images", catalog=catalog, mapping=CatalogMapping(prompt_template="Photo of {title}"),
-                                     batch_size=batch_size)  # fmt: skip
-    defs = dg.Definitions(
-        assets=[asset],
-        resources={
-            "flokan": FlokanResource(api_key=api_key, base_url=emulator.base_url, max_concurrency=concurrency),
-            "flokan_ledger": FlokanLedgerResource(database=str(work / f"ledger-{batch_size}.duckdb")),
-            "flokan_images": ImageStoreResource(directory=str(work / f"images-{batch_size}")),
-        },
-    )
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(SKU_PARTITIONS.name, skus)
-    started = time.perf_counter()
-    results = materialize_skus(defs, instance, ["images"], skus, partitions_name=SKU_PARTITIONS.name,
-                               batch_size=batch_size, log_level="ERROR")  # fmt: skip
-    elapsed = time.perf_counter() - started
-    made = len(instance.fetch_materializations(dg.AssetKey("images"), limit=10_000).records)
-    if made != len(skus) or not all(r.success for r in results):
-        raise SystemExit(f"only {made} of {len(skus)} SKUs were materialized")
-    return elapsed
+    pipeline = SkuPipeline.create(emulator, work, skus, batch_size=batch_size, concurrency=concurrency,
+                                  rate_limit_per_minute=RATE_PER_MIN)  # fmt: skip
+    return pipeline.materialize()
 
 
 def main() -> None:
