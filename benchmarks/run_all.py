@@ -1,7 +1,9 @@
 """Run every benchmark and write ``benchmarks/RESULTS.md``: the machine, the date, each figure beside its target.
 
 Each ``bench_*.py`` runs in its own process; its ``RESULT|...`` lines make the summary table and
-its whole output follows below it.
+its whole output follows below it. Naming benchmarks runs only those and replaces only their rows
+and sections, keeping the other benchmarks' figures already in ``RESULTS.md`` (each section says
+when it ran).
 
 Usage:
     python benchmarks/run_all.py [bench_client bench_batch ...]
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -32,12 +35,29 @@ def machine() -> str:
     return f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({cpu}){memory}, Python {platform.python_version()}"
 
 
+def previous_results(path: Path) -> tuple[dict[str, list[list[str]]], dict[str, str]]:
+    """The rows and output sections of an existing RESULTS.md, by benchmark name."""
+    rows: dict[str, list[list[str]]] = {}
+    sections: dict[str, str] = {}
+    if not path.exists():
+        return rows, sections
+    text = path.read_text()
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| bench_") and len(cells) == 5:
+            rows.setdefault(cells[0], []).append(cells)
+    for match in re.finditer(r"^### (bench_\w+)\.py .*?(?=^### |\Z)", text, flags=re.S | re.M):
+        sections[match.group(1)] = match.group(0).rstrip() + "\n"
+    return rows, sections
+
+
 def main() -> int:
     """Run the benchmarks and write the report; exit 1 if one failed or missed its target."""
     wanted = set(sys.argv[1:])
     scripts = [p for p in sorted(HERE.glob("bench_*.py")) if not wanted or p.stem in wanted]
-    rows: list[list[str]] = []
-    sections: list[str] = []
+    old_rows, old_sections = previous_results(HERE / "RESULTS.md") if wanted else ({}, {})
+    rows_by: dict[str, list[list[str]]] = {}
+    sections_by: dict[str, str] = {}
     failed = False
     for script in scripts:
         print(f"== {script.name}", flush=True)
@@ -49,13 +69,17 @@ def main() -> int:
         for line in done.stdout.splitlines():
             if line.startswith("RESULT|"):
                 _, figure, value, target, met = line.split("|", 4)
-                rows.append([script.stem, figure, value, target, met])
+                rows_by.setdefault(script.stem, []).append([script.stem, figure, value, target, met])
                 failed |= met == "NO"
         if done.returncode:
             failed = True
-            rows.append([script.stem, "(benchmark failed)", f"exit {done.returncode}", "", "NO"])
+            rows_by.setdefault(script.stem, []).append([script.stem, "(benchmark failed)", f"exit {done.returncode}", "", "NO"])
         body = "\n".join(line for line in output.splitlines() if not line.startswith("RESULT|"))
-        sections.append(f"### {script.name} ({elapsed:.0f} s)\n\n```\n{body.strip()}\n```\n")
+        ran = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+        sections_by[script.stem] = f"### {script.name} ({elapsed:.0f} s, {ran})\n\n```\n{body.strip()}\n```\n"
+    names = sorted(set(old_rows) | set(old_sections) | set(rows_by) | set(sections_by))
+    rows = [row for name in names for row in rows_by.get(name, old_rows.get(name, []))]
+    sections = [sections_by.get(name, old_sections.get(name, "")) for name in names]
     table = ["| benchmark | figure | result | target | met |", "|---|---|---|---|---|"]
     table += ["| " + " | ".join(row) + " |" for row in rows]
     report = [
