@@ -64,15 +64,23 @@ class EmulatorAdmin:
         byok_in_plan: bool = False,
         rate_limit_per_minute: int = 60,
         byok_providers: Mapping[str, Mapping[str, bool]] | None = None,
+        provider_max_concurrent: int | None = None,
     ) -> str:
-        """Create a workspace; ``byok_providers`` like ``{"openai": {"enabled": True}}``. Returns its id."""
-        body = {"name": name, "credits": credits, "byok_in_plan": byok_in_plan,
-                "rate_limit_per_minute": rate_limit_per_minute, "byok_providers": dict(byok_providers or {})}
+        """Create a workspace; ``byok_providers`` like ``{"openai": {"enabled": True}}``. Returns its id.
+
+        ``provider_max_concurrent`` caps its ``/process`` calls in flight at the image provider:
+        one more is answered 429 with ``Retry-After`` (None: no cap).
+        """
+        body: dict[str, Any] = {"name": name, "credits": credits, "byok_in_plan": byok_in_plan,
+                                "rate_limit_per_minute": rate_limit_per_minute,
+                                "byok_providers": dict(byok_providers or {})}
+        if provider_max_concurrent is not None:
+            body["provider_max_concurrent"] = provider_max_concurrent
         return str(self._call("POST", "/workspaces", body)["workspace_id"])
 
     def update_workspace(self, workspace_id: str, **fields: Any) -> dict[str, Any]:
         """Change some of a workspace's fields (name, credits, byok_in_plan, rate_limit_per_minute,
-        byok_providers); returns the updated workspace."""
+        byok_providers, provider_max_concurrent); returns the updated workspace."""
         return dict(self._call("PATCH", f"/workspaces/{workspace_id}", fields))
 
     def workspace(self, workspace_id: str) -> dict[str, Any]:
@@ -105,7 +113,8 @@ class EmulatorAdmin:
         return int(self._call("POST", f"/workspaces/{workspace_id}/jobs/bulk", body)["inserted"])
 
     def stats(self) -> dict[str, Any]:
-        """Return ``{"hits": {"POST /process": n, ...}, "storage": [{"method", "path", "authorization"}]}``."""
+        """Return ``{"hits": {"POST /process": n, ...}, "answers": {"POST /process 429": n, ...},
+        "storage": [{"method", "path", "authorization"}]}``."""
         return dict(self._call("GET", "/stats"))
 
     def reset_stats(self) -> None:

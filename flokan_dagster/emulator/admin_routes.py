@@ -39,16 +39,19 @@ class WorkspacePatch(_Strict):
     byok_in_plan: bool | None = None
     rate_limit_per_minute: int | None = Field(None, ge=1)
     byok_providers: dict[ByokProvider, ProviderSetting] | None = None
+    provider_max_concurrent: int | None = Field(None, ge=1)
 
 
 class WorkspaceSpec(_Strict):
-    """A new workspace: 10 000 credits, 60 requests per minute and no BYOK unless told."""
+    """A new workspace: 10 000 credits, 60 requests per minute, no BYOK and no provider-side
+    concurrency cap unless told."""
 
     name: str = "workspace"
     credits: int = Field(10_000, ge=0)
     byok_in_plan: bool = False
     rate_limit_per_minute: int = Field(60, ge=1)
     byok_providers: dict[ByokProvider, ProviderSetting] = Field(default_factory=dict)
+    provider_max_concurrent: int | None = Field(None, ge=1)
 
 
 class KeySpec(_Strict):
@@ -141,7 +144,8 @@ async def _create_workspace(request: Request, runtime: Runtime) -> Any:
     spec: WorkspaceSpec = await _body(request, WorkspaceSpec)
     data = _plain(spec)
     workspace_id = runtime.store.create_workspace(
-        data["name"], data["credits"], data["byok_in_plan"], data["rate_limit_per_minute"], data["byok_providers"]
+        data["name"], data["credits"], data["byok_in_plan"], data["rate_limit_per_minute"], data["byok_providers"],
+        provider_max_concurrent=data.get("provider_max_concurrent"),
     )
     return {"workspace_id": workspace_id}
 
@@ -184,11 +188,13 @@ async def _bulk_jobs(request: Request, runtime: Runtime) -> Any:
 
 
 async def _stats(request: Request, runtime: Runtime) -> Any:
-    return {"hits": dict(runtime.hits), "storage": list(runtime.storage_log), "jobs_in_flight": len(runtime.tasks)}
+    return {"hits": dict(runtime.hits), "answers": dict(runtime.answers), "storage": list(runtime.storage_log),
+            "jobs_in_flight": len(runtime.tasks)}
 
 
 async def _reset_stats(request: Request, runtime: Runtime) -> Any:
     runtime.hits.clear()
+    runtime.answers.clear()
     runtime.storage_log.clear()
     return {"ok": True}
 

@@ -199,6 +199,7 @@ def api_endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[
             headers.update(exc.headers)
         if faults.drop_after_complete:
             return DroppedResponse(json.dumps(payload).encode(), status, headers, media_type="application/json")
+        runtime.answers[f"{route} {status}"] += 1
         if faults.malformed and status < 400:
             return _malformed(status, payload, faults, headers)
         return _json(status, payload, headers)
@@ -367,6 +368,21 @@ async def _run_job(
     }
 
 
+def _take_provider_slot(runtime: Runtime, call: Call) -> None:
+    """Count one more call at the provider, or answer 429 when the workspace's cap is reached.
+
+    The check and the count run with no ``await`` between them (one event loop), so the cap is
+    exact; the refused request creates no job and is not charged.
+    """
+    cap = call.owner.get("provider_max_concurrent")
+    if cap is not None and runtime.provider_in_flight[call.workspace_id] >= cap:
+        raise ApiError(
+            429, f"rate limit exceeded: the image provider allows {cap} concurrent requests for this workspace",
+            {"Retry-After": "1"},
+        )  # fmt: skip
+    runtime.provider_in_flight[call.workspace_id] += 1
+
+
 async def process(call: Call) -> tuple[int, dict[str, Any]]:
     """``POST /process``: validate, then run the job to completion and answer 201."""
     runtime = call.runtime
@@ -399,8 +415,10 @@ async def process(call: Call) -> tuple[int, dict[str, Any]]:
         "credits_consumed": 0,
         "created_at": iso_now(),
     }
+    _take_provider_slot(runtime, call)
     runtime.store.insert_job(job)
     task = asyncio.create_task(_run_job(runtime, job, req, source, call.faults, cost))
+    task.add_done_callback(lambda _: runtime.provider_in_flight.subtract([call.workspace_id]))
     runtime.keep(task)
     data = await asyncio.shield(task)
     return 201, {"success": True, "data": data}

@@ -67,3 +67,5 @@ class EmulatorConfig(BaseModel):
     faults: FaultPlan = Field(default_factory=FaultPlan)
     demo_credits: int = Field(1_000_000, ge=0)
     demo_rate_limit_per_minute: int = Field(6000, ge=1)
+    #: Length of a rate-limit window in seconds: Flokan's is a minute; tests shorten it.
+    rate_window_s: float = Field(60.0, gt=0)

@@ -51,25 +51,37 @@ class RateDecision:
 
 
 class RateLimiter:
-    """Fixed one-minute windows per key, each opened by the first request after the previous
-    one ended; thread-safe."""
+    """Fixed windows per key (a minute by default), each opened by the first request after the
+    previous one ended; thread-safe, so the count is exact however many clients call at once.
 
-    def __init__(self) -> None:
+    ``X-RateLimit-Reset`` is whole seconds until the window ends, between 1 and the window's
+    length: the clock is read under the lock (read before it, it could precede the window's
+    opening by another thread) and the elapsed time is subtracted from the window's length
+    (``opened + 60 - now`` rounds to just above 60 in floating point when ``now == opened``:
+    that made the 61 seen on a new window's first request).
+
+    Args:
+        window_s: Length of a window in seconds (Flokan's is 60; tests may shorten it).
+    """
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window_s = window_s
         self._lock = threading.Lock()
         self._windows: dict[str, tuple[float, int]] = {}
 
     def hit(self, key: str, limit: int) -> RateDecision:
         """Count one request for ``key`` unless its window is already full."""
-        now = time.monotonic()
         with self._lock:
+            now = time.monotonic()
             opened, count = self._windows.get(key, (now, 0))
-            if now - opened >= 60:
-                opened, count = now, 0
+            elapsed = now - opened
+            if elapsed >= self.window_s:
+                opened, count, elapsed = now, 0, 0.0
             allowed = count < limit
             if allowed:
                 count += 1
             self._windows[key] = (opened, count)
-        reset_s = max(1, math.ceil(opened + 60 - now))
+        reset_s = min(math.ceil(self.window_s), max(1, math.ceil(self.window_s - elapsed)))
         return RateDecision(allowed, limit, max(0, limit - count), reset_s)
 
 
@@ -87,8 +99,12 @@ class Runtime:
         self.store = store
         self.storage_url = storage_url.rstrip("/")
         self.faults = FaultBook(config.faults)
-        self.limiter = RateLimiter()
+        self.limiter = RateLimiter(config.rate_window_s)
         self.hits: Counter[str] = Counter()
+        # Answers by "METHOD /route status", e.g. "POST /process 429", for benchmarks and tests.
+        self.answers: Counter[str] = Counter()
+        # POST /process calls running at the image provider, per workspace (the provider's cap).
+        self.provider_in_flight: Counter[str] = Counter()
         self.storage_log: deque[dict[str, Any]] = deque(maxlen=10_000)
         # One rendering thread per core: more only contend for the GIL with the event loop.
         self.executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="flokan-render")

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS workspaces (
     byok_in_plan INTEGER NOT NULL,
     rate_limit_per_minute INTEGER NOT NULL,
     byok_providers TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    provider_max_concurrent INTEGER
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT PRIMARY KEY,
@@ -131,6 +132,9 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(workspaces)")}
+            if "provider_max_concurrent" not in columns:  # a state file from before the provider cap
+                self._db.execute("ALTER TABLE workspaces ADD COLUMN provider_max_concurrent INTEGER")
             # A job that was running when the previous process stopped can never finish now.
             self._db.execute(
                 "UPDATE jobs SET status='failed', error=?, completed_at=? WHERE status IN ('pending','processing')",
@@ -171,27 +175,32 @@ class Store:
         rate_limit_per_minute: int = 60,
         byok_providers: Mapping[str, Mapping[str, Any]] | None = None,
         workspace_id: str | None = None,
+        provider_max_concurrent: int | None = None,
     ) -> str:
         """Create a workspace and return its id.
 
         ``byok_providers`` maps a provider name to ``{"enabled": bool}``; a listed provider is
         configured, and usable when also enabled and the plan includes BYOK.
+        ``provider_max_concurrent`` caps the workspace's ``/process`` calls in flight at the image
+        provider (None: no cap); one more is answered 429.
         """
         workspace_id = workspace_id or str(uuid.uuid4())
         providers = {name_: {"enabled": bool(v.get("enabled", True))} for name_, v in (byok_providers or {}).items()}
         self._run(
             "INSERT INTO workspaces (workspace_id, name, credits, byok_in_plan, rate_limit_per_minute, "
-            "byok_providers, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (workspace_id, name, credits, int(byok_in_plan), rate_limit_per_minute, json.dumps(providers), iso_now()),
+            "byok_providers, created_at, provider_max_concurrent) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (workspace_id, name, credits, int(byok_in_plan), rate_limit_per_minute, json.dumps(providers), iso_now(),
+             provider_max_concurrent),
         )
         return workspace_id
 
     def update_workspace(self, workspace_id: str, fields: Mapping[str, Any]) -> bool:
         """Apply a partial update (name, credits, byok_in_plan, rate_limit_per_minute,
-        byok_providers); return False when the workspace does not exist."""
+        byok_providers, provider_max_concurrent); return False when the workspace does not exist."""
         sets: list[str] = []
         params: list[Any] = []
-        for column in ("name", "credits", "byok_in_plan", "rate_limit_per_minute", "byok_providers"):
+        columns = ("name", "credits", "byok_in_plan", "rate_limit_per_minute", "byok_providers", "provider_max_concurrent")
+        for column in columns:
             if column not in fields:
                 continue
             value = fields[column]
@@ -222,6 +231,7 @@ class Store:
             "credits_deducted": row["credits_deducted"],
             "byok_in_plan": bool(row["byok_in_plan"]),
             "rate_limit_per_minute": row["rate_limit_per_minute"],
+            "provider_max_concurrent": row["provider_max_concurrent"],
             "byok_providers": json.loads(row["byok_providers"]),
             "jobs": sum(by_status.values()),
             "jobs_by_status": by_status,
@@ -245,7 +255,7 @@ class Store:
         """Return the key's grants and its workspace's plan, or None for an unknown key."""
         row = self._one(
             "SELECT k.scopes, k.creator_has_permission, w.workspace_id, w.credits, w.byok_in_plan, "
-            "w.rate_limit_per_minute, w.byok_providers FROM api_keys k JOIN workspaces w USING (workspace_id) "
+            "w.rate_limit_per_minute, w.provider_max_concurrent, w.byok_providers FROM api_keys k JOIN workspaces w USING (workspace_id) "
             "WHERE k.key_hash = ?",
             (hash_key(api_key),),
         )
@@ -258,6 +268,7 @@ class Store:
             "credits": row["credits"],
             "byok_in_plan": bool(row["byok_in_plan"]),
             "rate_limit_per_minute": row["rate_limit_per_minute"],
+            "provider_max_concurrent": row["provider_max_concurrent"],
             "byok_providers": json.loads(row["byok_providers"]),
         }
 
