@@ -14,7 +14,7 @@ from flokan_dagster.emulator import DEMO_API_KEY, DEMO_WORKSPACE_ID, EmulatorCon
 from tests.emulator.helpers import Workspace, api_client, png_bytes
 
 
-def _wait_for(predicate: object, timeout: float = 10.0) -> None:
+def _wait_for(predicate: object, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not met in time"
