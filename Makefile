@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test dev bench report stop-emulator clean
+.PHONY: demo test test-distributed dev bench report stop-emulator clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -23,6 +23,9 @@ demo: $(STAMP)  ## set up, generate every demo SKU's images on the local emulato
 test: $(STAMP)  ## set up and run the whole test suite (installs Chromium for the browser test when root)
 	bash .ci/install-browser
 	$(BIN)/python -m pytest -q
+
+test-distributed: $(STAMP)  ## the shared mode against a real PostgreSQL and S3 server (started and stopped here)
+	PYTHON=$(BIN)/python bash .ci/test-distributed
 
 dev: $(STAMP)  ## the Dagster UI on http://127.0.0.1:3000 with the demo pipeline
 	mkdir -p $(DEMO_HOME)

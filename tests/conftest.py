@@ -44,3 +44,7 @@ def workspace(admin: Admin) -> Iterator[Workspace]:
     """A fresh workspace per test, with fault rules cleared afterwards."""
     yield admin.workspace()
     admin.clear_faults()
+
+
+# The shared mode's real servers (PostgreSQL, S3), started once per session when a test asks.
+from tests.servers import postgres_dsn, s3_server  # noqa: E402,F401
