@@ -124,14 +124,22 @@ class FlokanLedgerResource(dg.ConfigurableResource):
 
 
 class ImageStoreResource(dg.ConfigurableResource):
-    """Where result images are written.
+    """Where result images are written: a local directory or object storage.
 
     Example:
         >>> images = ImageStoreResource(directory="data/flokan/images")
+        >>> shared = ImageStoreResource(directory="s3://my-bucket/flokan",
+        ...                             storage_options={"endpoint_url": "http://127.0.0.1:9000"})
     """
 
-    directory: str = Field(description="Directory of the image store (created when missing).")
+    directory: str = Field(
+        description="Local directory (created when missing) or object-storage URL such as s3://bucket/prefix, gs://..., az://..."
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="fsspec options for an object-storage URL, e.g. endpoint_url for an S3-compatible server; keep credentials in the environment.",
+    )
 
     def get_store(self) -> ImageStore:
         """The image store."""
-        return ImageStore(self.directory)
+        return ImageStore(self.directory, storage_options=self.storage_options or None)
