@@ -1,4 +1,4 @@
-"""The demo pipeline: catalog -> hero images -> lifestyle variants -> cost report.
+"""The demo pipeline: catalog -> hero images -> lifestyle variants -> cost report and gallery.
 
 Configured by the environment:
 
@@ -13,7 +13,7 @@ Configured by the environment:
 Example:
     >>> defs = build_demo_definitions(DemoSettings(api_key="flk_x", base_url="https://x", data_dir=Path("/tmp/d")))
     >>> sorted(key.to_user_string() for key in defs.resolve_all_asset_keys())
-    ['flokan_cost_report', 'hero_images', 'lifestyle_images', 'product_catalog']
+    ['flokan_cost_report', 'flokan_gallery', 'hero_images', 'lifestyle_images', 'product_catalog']
 """
 
 import os
@@ -25,6 +25,7 @@ import dagster as dg
 from flokan_dagster.api import rules
 from flokan_dagster.assets import build_flokan_image_asset
 from flokan_dagster.catalog import CatalogMapping, load_catalog
+from flokan_dagster.gallery import build_gallery_asset
 from flokan_dagster.report import build_cost_report_asset
 from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
 from flokan_dagster.sensors import (
@@ -56,6 +57,36 @@ def ledger_path(data_dir: Path) -> Path:
 def images_dir(data_dir: Path) -> Path:
     """The demo's image store in ``data_dir``."""
     return data_dir / "images"
+
+
+def gallery_dir(data_dir: Path) -> Path:
+    """The demo's gallery (``index.html``, ``contact_sheet.png``) in ``data_dir``."""
+    return data_dir / "gallery"
+
+
+def dagster_home_dir(data_dir: Path) -> Path:
+    """The demo's Dagster instance directory in ``data_dir``: the one ``make dev`` and the CLI use."""
+    return data_dir / "dagster_home"
+
+
+# Written into a Dagster home the demo creates: no telemetry banner or "join us" dialog in a
+# command's output or the UI (a user's own DAGSTER_HOME is left as it is).
+DEMO_DAGSTER_YAML = """\
+# Created by flokan-dagster for the demo's Dagster instance (`make dev`, `flokan-dagster materialize`).
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+
+
+def prepare_dagster_home(home: Path) -> Path:
+    """Create ``home`` with :data:`DEMO_DAGSTER_YAML` unless it already has a ``dagster.yaml``."""
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DEMO_DAGSTER_YAML)
+    return home
 
 
 @dataclass(frozen=True)
@@ -129,8 +160,9 @@ def build_demo_definitions(settings: DemoSettings | None = None) -> dg.Definitio
     )
     report = build_cost_report_asset(deps=[hero, lifestyle])
     data_dir = settings.data_dir
+    gallery = build_gallery_asset(image_assets=[hero, lifestyle], directory=gallery_dir(data_dir))
     return dg.Definitions(
-        assets=[catalog_asset, hero, lifestyle, report],
+        assets=[catalog_asset, hero, lifestyle, report, gallery],
         sensors=[
             # Reconciliation spends nothing (re-runs of failed SKUs, which would, are off), so it runs
             # by default; the sensor and schedule that launch paid runs wait to be turned on.

@@ -52,6 +52,7 @@ def materialize_skus(
     run_config: dict[str, Any] | None = None,
     log_level: str | None = None,
     on_result: Callable[[dg.AssetKey, tuple[str, str], dg.ExecuteInProcessResult], None] | None = None,
+    keep_results: bool = True,
 ) -> list[dg.ExecuteInProcessResult]:
     """Run each asset (in the given order) over ``skus`` in batched runs; never raises on a failed run.
 
@@ -65,9 +66,11 @@ def materialize_skus(
         run_config: The asset's config applied to each run (e.g. ``{"force": True}``).
         log_level: Level of Dagster's console logger for these runs (e.g. ``WARNING``).
         on_result: Called after each run.
+        keep_results: Return every run's result; False keeps none (each holds its run's events,
+            too many to keep for a 100,000-SKU catalog: use ``on_result``).
 
     Returns:
-        Every run's result, in order.
+        Every run's result, in order (empty when not ``keep_results``).
     """
     ordered = instance.get_dynamic_partitions(partitions_name)
     chosen = list(dict.fromkeys(skus))
@@ -88,7 +91,8 @@ def materialize_skus(
             )
             if on_result is not None:
                 on_result(key, (first, last), result)
-            results.append(result)
+            if keep_results:
+                results.append(result)
     return results
 
 
