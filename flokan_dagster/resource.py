@@ -93,14 +93,22 @@ class FlokanLedgerResource(dg.ConfigurableResource):
 
     Example:
         >>> ledger = FlokanLedgerResource(database="data/flokan/ledger.duckdb")
+        >>> shared = FlokanLedgerResource(database=dg.EnvVar("FLOKAN_LEDGER_DSN"), spool_dir="/var/lib/flokan/spool")
     """
 
     database: str = Field(
-        description="DuckDB database: a file path, or any DuckDB connection string such as 'md:flokan' for MotherDuck."
+        description=(
+            "Where the ledger lives: a DuckDB file path (default, one machine), 'postgresql://user@host:5432/db' "
+            "(the shared backend for several machines: tables in PostgreSQL, DuckDB answering every cost query), "
+            "or another DuckDB connection string such as 'md:flokan'."
+        )
     )
     spool_dir: str | None = Field(
         default=None,
-        description="Directory where records wait while the database is locked (default: '<database>.spool'; required for md:).",
+        description=(
+            "Directory where records wait while the database is locked or unreachable "
+            "(default: '<database>.spool'; required for postgresql:// and md:, on a disk that outlives the run)."
+        ),
     )
     lock_timeout_s: float = Field(default=10.0, ge=0, description="Seconds a write retries a locked database before it is spooled.")
     read_timeout_s: float = Field(

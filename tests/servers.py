@@ -15,8 +15,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from flokan_dagster.ledger import CreditLedger
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_INSTALLABLE = 2  # .ci/start-postgres's exit code when initdb is missing and cannot be installed
@@ -96,3 +100,20 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield S3Server(_script_env(started.stdout)["FLOKAN_TEST_S3_ENDPOINT"])
     finally:
         subprocess.run(["bash", str(ROOT / ".ci/stop-s3"), str(directory)], check=False)
+
+
+LEDGER_BACKENDS = ("duckdb", "postgres")
+
+
+def ledger_on(backend: str, request: pytest.FixtureRequest, tmp_path: Path, **options: Any) -> CreditLedger:
+    """A fresh, empty ``CreditLedger`` on ``backend``: a DuckDB file, or a new PostgreSQL database.
+
+    Tests parametrized over ``LEDGER_BACKENDS`` check the same behaviour on both; the PostgreSQL
+    server is started only when a postgres case runs.
+    """
+    from flokan_dagster.ledger import CreditLedger
+
+    if backend == "duckdb":
+        return CreditLedger(str(tmp_path / "ledger.duckdb"), **options)
+    database = fresh_database(request.getfixturevalue("postgres_dsn"))
+    return CreditLedger(database, spool_dir=tmp_path / "ledger.spool", **options)

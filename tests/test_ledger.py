@@ -1,4 +1,5 @@
-"""Credit ledger behaviour on a DuckDB file on disk: round trips, reuse, reconciliation, views."""
+"""Credit ledger behaviour on every backend (a DuckDB file on disk, a real PostgreSQL): round trips,
+reuse, reconciliation, views."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from flokan_dagster.ledger import (
     cost_report_markdown,
     cost_summary,
 )
+from flokan_dagster.ledger.backend import open_database
 from flokan_dagster.ledger.connection import describe
+from tests.servers import LEDGER_BACKENDS, ledger_on
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> CreditLedger:
-    return CreditLedger(str(tmp_path / "ledger.duckdb"), lock_timeout_s=2.0)
+@pytest.fixture(params=LEDGER_BACKENDS)
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> CreditLedger:
+    return ledger_on(request.param, request, tmp_path, lock_timeout_s=2.0)
 
 
 def job_row(job_id: str, **overrides: object) -> dict[str, object]:
@@ -300,8 +303,8 @@ def test_views_return_the_right_sums(ledger: CreditLedger, tmp_path: Path) -> No
         ("pro", "openai", 0, 0), ("pro", "platform", 100, 95), ("standard", "platform", 25, 20)]
     assert q("SELECT status, sku FROM failed_and_unknown_attempts ORDER BY status") == [("failed", "C"), ("unknown", "C")]
 
-    # Analysts query the same views with plain DuckDB.
-    with duckdb.connect(ledger.database, read_only=True) as conn:
+    # Analysts query the same views with plain DuckDB (a PostgreSQL ledger attached by DuckDB).
+    with open_database(ledger.database, read_only=True) as conn:
         for view in VIEW_NAMES:
             conn.execute(f"SELECT * FROM {view}").fetchall()
 

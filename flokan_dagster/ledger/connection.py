@@ -25,7 +25,10 @@ from typing import Final
 
 import duckdb
 
-_REMOTE_PREFIXES: Final = ("md:", "motherduck:")
+from flokan_dagster.ledger.backend import is_unreachable, open_database
+
+# MotherDuck and the shared PostgreSQL backend: connection strings, not files; never logged as is.
+_REMOTE_PREFIXES: Final = ("md:", "motherduck:", "postgresql://", "postgres://")
 
 
 class LedgerLockedError(TimeoutError):
@@ -79,7 +82,7 @@ def spool_counter(database: str) -> SpoolCounter:
 
 
 def is_remote(database: str) -> bool:
-    """Return True for a MotherDuck connection string, which is passed to DuckDB untouched."""
+    """Return True for a connection string (MotherDuck, PostgreSQL) rather than a file path."""
     return database.lower().startswith(_REMOTE_PREFIXES)
 
 
@@ -93,7 +96,8 @@ def describe(database: str) -> str:
         True
     """
     if is_remote(database):
-        return f"md:<{hashlib.sha256(database.encode()).hexdigest()[:12]}>"
+        scheme = database.split(":", 1)[0].lower()
+        return f"{scheme}:<{hashlib.sha256(database.encode()).hexdigest()[:12]}>"
     return database
 
 
@@ -105,6 +109,9 @@ def database_file(database: str) -> Path | None:
 def is_transient(exc: BaseException) -> bool:
     """Return True for the errors that mean "someone else has the database right now"."""
     message = str(exc)
+    if is_unreachable(exc):
+        # A shared PostgreSQL ledger that cannot be reached right now: like a locked file.
+        return True
     if isinstance(exc, duckdb.IOException):
         return "Could not set lock" in message
     if isinstance(exc, duckdb.ConnectionException):
@@ -171,7 +178,7 @@ def connect_unless(
     ceiling = initial_backoff_s
     while True:
         try:
-            return duckdb.connect(database, read_only=read_only)
+            return open_database(database, read_only=read_only)
         except duckdb.Error as exc:
             if not is_transient(exc):
                 raise

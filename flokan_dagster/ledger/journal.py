@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import duckdb
 
+from flokan_dagster.ledger.backend import serialize_writers
 from flokan_dagster.ledger.records import COLUMNS, LedgerEvent, external_attempt_id, fold_events
 
 _SELECT_COLUMNS: Final = ", ".join(COLUMNS)
@@ -87,6 +88,7 @@ def apply_events(conn: duckdb.DuckDBPyConnection, events: list[LedgerEvent]) -> 
     batch = list(unique.values())
     conn.execute("BEGIN TRANSACTION")
     try:
+        serialize_writers(conn)  # several machines on a shared PostgreSQL: one merge at a time
         conn.execute(
             """INSERT INTO attempt_events
                SELECT * FROM (SELECT unnest(?) AS event_id, unnest(?) AS attempt_id, unnest(?) AS revision,

@@ -16,6 +16,8 @@ from typing import Final
 
 import duckdb
 
+from flokan_dagster.ledger.backend import serialize_writers, uses_postgres
+
 SCHEMA_VERSION: Final = 1
 
 TABLES: Final[tuple[str, ...]] = (
@@ -160,6 +162,9 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         >>> conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
         1
     """
+    if uses_postgres(conn):
+        _ensure_postgres_schema(conn)
+        return
     for statement in TABLES:
         conn.execute(statement)
     found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
@@ -172,3 +177,32 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(statement)
     if version is None:
         conn.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION])
+
+
+def _ensure_postgres_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    """The shared backend: tables in PostgreSQL, views in the attaching in-memory DuckDB.
+
+    Tables are created under the writers' advisory lock (two machines creating them at once
+    would collide in PostgreSQL's catalog). The views live in DuckDB's own ``memory`` catalog so
+    that DuckDB, not PostgreSQL, computes every cost query over the attached tables.
+    """
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        serialize_writers(conn)
+        for statement in TABLES:
+            conn.execute(statement)
+        found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        version = found[0] if found else None
+        if version is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if version is not None and version > SCHEMA_VERSION:
+        raise LedgerSchemaError(
+            f"ledger schema version {version} is newer than this code's {SCHEMA_VERSION}; upgrade flokan-dagster"
+        )
+    for statement in VIEWS:
+        conn.execute(statement.replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW memory.main.", 1).replace(
+            "memory.main. ", "memory.main.", 1))

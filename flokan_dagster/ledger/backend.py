@@ -1,0 +1,216 @@
+"""Where the ledger's tables live: an embedded DuckDB file (default) or a shared PostgreSQL.
+
+The seam is one function, :func:`open_database`: every ledger connection is a DuckDB connection,
+so the journal, the fold, the spool overlay and every cost query run unchanged on both backends.
+
+- **DuckDB file** (``ledger.duckdb``, or ``md:...``): ``duckdb.connect(database)``; one writer
+  at a time by DuckDB's file lock.
+- **PostgreSQL** (``postgresql://user@host:5432/db``): an in-memory DuckDB that ``ATTACH``es the
+  database with DuckDB's postgres extension and ``USE``s it. Tables and the journal are
+  PostgreSQL tables, so writes are PostgreSQL transactions that any number of machines can make;
+  merges from different machines are serialized by a transaction-scoped advisory lock
+  (:func:`serialize_writers`), the cross-machine counterpart of the file lock. The cost views are
+  DuckDB views (in the in-memory catalog, found through the search path) over the attached
+  tables, so DuckDB's engine answers every cost query.
+
+The extension is loaded from the ``duckdb-extension-postgres`` wheel by path (no download), under
+the file name ``postgres_scanner.duckdb_extension`` that DuckDB requires; with internet access
+and no wheel, ``INSTALL postgres`` is tried instead.
+
+Example:
+    >>> is_postgres("postgresql://flokan@127.0.0.1:5432/flokan"), is_postgres("ledger.duckdb")
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Final
+
+import duckdb
+
+ATTACHED_NAME: Final = "flokan_ledger"
+_POSTGRES_PREFIXES: Final = ("postgresql://", "postgres://")
+# A constant key for pg_advisory_xact_lock: "one ledger merge at a time" in this database.
+_MERGE_LOCK_KEY: Final = int.from_bytes(hashlib.sha256(b"flokan-ledger-merge").digest()[:7], "big")
+_EXTENSION_LOCK = threading.Lock()
+_extension_path: Path | None = None
+_PARENTS: dict[str, duckdb.DuckDBPyConnection] = {}
+_PARENTS_LOCK = threading.Lock()
+
+
+class LedgerBackendError(RuntimeError):
+    """The ledger's backend cannot be used as configured (e.g. the postgres extension is missing)."""
+
+
+def is_postgres(database: str) -> bool:
+    """Return True for a PostgreSQL connection string (the shared backend)."""
+    return database.lower().startswith(_POSTGRES_PREFIXES)
+
+
+def postgres_extension_path() -> Path | None:
+    """Return the postgres extension from the ``duckdb-extension-postgres`` wheel, ready to LOAD.
+
+    DuckDB checks that an extension file's name matches the extension inside, which is
+    ``postgres_scanner``; the wheel ships it as ``postgres.duckdb_extension``, so it is copied
+    once per process into a private temporary directory under the right name.
+    """
+    global _extension_path
+    with _EXTENSION_LOCK:
+        if _extension_path is not None and _extension_path.exists():
+            return _extension_path
+        try:
+            import duckdb_extension_postgres  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            return None
+        root = Path(duckdb_extension_postgres.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+        shipped = root / "postgres.duckdb_extension"
+        if not shipped.exists():
+            return None
+        target = Path(tempfile.mkdtemp(prefix="flokan-duckdb-ext-")) / "postgres_scanner.duckdb_extension"
+        shutil.copyfile(shipped, target)
+        _extension_path = target
+        return target
+
+
+def _load_postgres_extension(conn: duckdb.DuckDBPyConnection) -> None:
+    path = postgres_extension_path()
+    if path is not None:
+        conn.execute(f"LOAD '{path}'")
+        return
+    try:
+        conn.execute("INSTALL postgres")
+        conn.execute("LOAD postgres")
+    except duckdb.Error as exc:
+        raise LedgerBackendError(
+            "a postgresql:// ledger needs DuckDB's postgres extension: pip install 'flokan-dagster[shared]' "
+            f"(duckdb-extension-postgres=={duckdb.__version__}) ({type(exc).__name__})"
+        ) from None
+
+
+def open_database(database: str, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB connection to the ledger ``database`` on whichever backend it names.
+
+    For PostgreSQL, loading the extension and attaching cost about half a second, so each
+    process keeps one attached DuckDB instance per database and hands out cursors of it (each a
+    connection of its own, closed by the caller); the server checks the link on every open, and
+    a broken one is dropped and attached afresh.
+
+    Raises:
+        duckdb.Error: The database cannot be opened (locked file, unreachable server, ...).
+        LedgerBackendError: The postgres extension is not available.
+    """
+    if not is_postgres(database):
+        return duckdb.connect(database, read_only=read_only)
+    with _PARENTS_LOCK:
+        parent = _PARENTS.get(database)
+        if parent is None:
+            parent = _attach(database)
+            _PARENTS[database] = parent
+        try:
+            conn = parent.cursor()
+        except duckdb.Error:
+            _forget(database)
+            raise
+    try:
+        conn.execute(f"USE {ATTACHED_NAME}")
+        # Tables in PostgreSQL first, then the cost views kept in the in-memory DuckDB.
+        conn.execute(f"SET search_path = '{ATTACHED_NAME}.public,memory.main'")
+        # A round trip: an unreachable server fails here, before anything is written.
+        conn.execute(f"SELECT * FROM postgres_query('{ATTACHED_NAME}', 'SELECT 1')").fetchall()
+    except BaseException:
+        conn.close()
+        with _PARENTS_LOCK:
+            _forget(database)
+        raise
+    return conn
+
+
+def _attach(database: str) -> duckdb.DuckDBPyConnection:
+    """A new in-memory DuckDB with ``database`` attached and the ledger's tables in place."""
+    # Attached read-write even for readers: a reader may be the first to reach a new database
+    # and must find the tables (it writes nothing else).
+    conn = duckdb.connect()
+    try:
+        _load_postgres_extension(conn)
+        conn.execute(f"ATTACH '{_quote(database)}' AS {ATTACHED_NAME} (TYPE postgres)")
+        conn.execute(f"USE {ATTACHED_NAME}")
+        from flokan_dagster.ledger.schema import ensure_schema  # it imports this module
+
+        ensure_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _forget(database: str) -> None:
+    """Drop this process's attached instance of ``database`` (the caller holds the lock)."""
+    parent = _PARENTS.pop(database, None)
+    if parent is not None:
+        try:
+            parent.close()
+        except duckdb.Error:
+            pass
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Return True for a PostgreSQL server that cannot be reached right now (a transient state).
+
+    A write then stays in the durable spool, exactly as for a locked DuckDB file.
+    """
+    if not isinstance(exc, duckdb.Error):
+        return False
+    message = str(exc)
+    return any(
+        marker in message
+        for marker in (
+            "Unable to connect to Postgres",
+            "server closed the connection",
+            "terminating connection",
+            "Connection refused",
+            "the database system is starting up",
+            "the database system is shutting down",
+            "too many clients",
+        )
+    )
+
+
+def uses_postgres(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Return True when ``conn``'s current database is an attached PostgreSQL ledger."""
+    row = conn.execute(
+        "SELECT type FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchone()
+    return row is not None and row[0] == "postgres"
+
+
+def serialize_writers(conn: duckdb.DuckDBPyConnection) -> None:
+    """Inside an open transaction, wait until no other ledger merge is running (any machine).
+
+    A merge reads the journal, folds and rewrites rows; two at once on PostgreSQL could each
+    fold without the other's events. The advisory lock is released by the transaction's commit
+    or rollback, and by the server if the process dies. A no-op for a DuckDB file, which has one
+    writer at a time by its file lock.
+    """
+    if uses_postgres(conn):
+        conn.execute(f"CALL postgres_execute('{ATTACHED_NAME}', 'SELECT pg_advisory_xact_lock({_MERGE_LOCK_KEY})')")
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+__all__ = [
+    "ATTACHED_NAME",
+    "LedgerBackendError",
+    "is_postgres",
+    "is_unreachable",
+    "open_database",
+    "postgres_extension_path",
+    "serialize_writers",
+    "uses_postgres",
+]

@@ -1,0 +1,129 @@
+"""The shared ledger backend on a real PostgreSQL: an unreachable server delays records through the
+durable spool, and writer processes on "different machines" (separate spools) lose nothing."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from flokan_dagster.ledger import CreditLedger
+from tests.servers import fresh_database
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class TcpGate:
+    """A loopback TCP forwarder to the PostgreSQL server that can be shut (the network drops)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.connections += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def shut(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        self.open = False
+        for s in self.connections:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.connections.clear()
+
+    def reopen(self) -> None:
+        """Let connections through again."""
+        self.open = True
+
+
+def _through(gate: TcpGate, database: str) -> str:
+    parts = urlsplit(database)
+    return parts._replace(netloc=f"{parts.username}@127.0.0.1:{gate.port}").geturl()
+
+
+def test_an_unreachable_server_delays_writes_in_the_spool_and_loses_none(postgres_dsn: str, tmp_path: Path) -> None:
+    database = fresh_database(postgres_dsn)
+    gate = TcpGate(urlsplit(database).port or 5432)
+    ledger = CreditLedger(_through(gate, database), spool_dir=tmp_path / "spool", lock_timeout_s=0.5)
+    first = ledger.begin_attempt(asset="images", sku="S1", prompt="p", model_tier="pro", estimated_credits=50)
+    assert ledger.spool.count() == 0
+
+    gate.shut()
+    # The request was sent and charged; the outcome must survive the database being away.
+    assert ledger.finish_attempt(first, status="completed", job_id="job-1", credits_consumed=50) is False
+    second = ledger.begin_attempt(asset="images", sku="S2", prompt="p", model_tier="pro")
+    assert ledger.spool.count() == 2  # the finish and the second begin wait on local disk
+
+    gate.reopen()
+    assert ledger.flush_spool() == 0
+    direct = CreditLedger(database, spool_dir=tmp_path / "other-spool")
+    got = {a.attempt_id: a for a in direct.attempts_for()}
+    assert got[first].status == "completed" and got[first].credits_consumed == 50 and got[first].job_id == "job-1"
+    assert got[second].status == "pending" and got[second].sku == "S2"
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from flokan_dagster.ledger import CreditLedger
+database, spool, worker, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ledger = CreditLedger(database, spool_dir=Path(spool), lock_timeout_s=5)
+for i in range(count):
+    aid = ledger.begin_attempt(asset="images", sku=f"{worker}-{i}", prompt="p", model_tier="pro",
+                               estimated_credits=50, attempt_id=f"{worker}-{i}")
+    ledger.finish_attempt(aid, status="completed", job_id=f"job-{worker}-{i}", credits_consumed=i)
+assert ledger.flush_spool() == 0
+"""
+
+
+def test_writer_processes_with_their_own_spools_lose_nothing(postgres_dsn: str, tmp_path: Path) -> None:
+    database = fresh_database(postgres_dsn)
+    workers, count = 4, 25
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, database, str(tmp_path / f"spool-{w}"), f"w{w}", str(count)], cwd=ROOT
+        )
+        for w in range(workers)
+    ]
+    assert [p.wait(timeout=240) for p in procs] == [0] * workers
+    ledger = CreditLedger(database, spool_dir=tmp_path / "reader-spool")
+    rows = ledger.attempts_for()
+    assert len(rows) == workers * count
+    assert all(r.status == "completed" and r.sku and r.job_id and r.estimated_credits == 50 for r in rows)
+    assert sum(r.credits_consumed or 0 for r in rows) == workers * sum(range(count))
+    events = ledger.read(lambda c: c.execute("SELECT count(*) FROM attempt_events").fetchone()[0])
+    assert events == 2 * workers * count
