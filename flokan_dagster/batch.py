@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from flokan_dagster.api.client import AsyncFlokanClient
+from flokan_dagster.api.concurrency import Slot
 from flokan_dagster.api.errors import FlokanError, FlokanUnknownOutcomeError
 from flokan_dagster.api.models import Job, ProcessResult
 from flokan_dagster.api.retry import utcnow
@@ -103,7 +104,7 @@ class BatchRunner:
     """Runs the ``/process`` work of one asset's batch.
 
     Args:
-        client: The async client (its ``max_concurrency`` bounds the batch).
+        client: The async client (its concurrency controller paces the batch).
         ledger: The credit ledger.
         store: Where result images go.
         asset: The asset key string, as recorded in the ledger.
@@ -130,7 +131,6 @@ class BatchRunner:
         self.run_id = run_id
         self.settle = settle
         self.log: LogFunction = log or _python_log
-        self._sending = asyncio.Semaphore(client.max_concurrency)
 
     async def run(self, tasks: list[SkuTask]) -> AsyncIterator[SkuOutcome]:
         """Produce every task concurrently; yield each outcome as soon as it is known."""
@@ -167,10 +167,12 @@ class BatchRunner:
                 return adopted
         image_id, image_url = await self._source(task)
         for attempt_number in (1, 2):
-            # The write-ahead record is made right before its request goes out, so its sent_at
-            # stays within the settle window however long the batch's queue is.
-            async with self._sending:
-                record, outcome = await self._send(task, image_id, image_url, counter)
+            # First the controller's slot (it may wait for the rate limit), then whatever must
+            # hold right before the request goes out, then the send under that same slot. The
+            # write-ahead record is made here, so its sent_at stays within the settle window
+            # however long the batch's queue is.
+            async with self.client.concurrency.slot("process") as slot:
+                record, outcome = await self._send(task, image_id, image_url, counter, slot)
             if isinstance(outcome, ProcessResult):
                 counter.credits += outcome.credits_consumed or 0
                 return await self._complete(record, sku, outcome, "made")
@@ -190,9 +192,9 @@ class BatchRunner:
         raise SkuFailed("no job was created after two attempts")  # pragma: no cover - loop always returns
 
     async def _send(
-        self, task: SkuTask, image_id: str | None, image_url: str | None, counter: _Counter
+        self, task: SkuTask, image_id: str | None, image_url: str | None, counter: _Counter, slot: Slot
     ) -> tuple[AttemptRecord, ProcessResult | FlokanUnknownOutcomeError]:
-        """Write the attempt, then call ``/process``; a refusal raises SkuFailed."""
+        """Write the attempt, then call ``/process`` under ``slot``; a refusal raises SkuFailed."""
         fields: dict[str, Any] = dict(
             asset=self.asset, sku=task.spec.sku, prompt=task.spec.prompt, model_tier=task.spec.model_tier,
             provider=task.spec.provider or "platform", fingerprint=task.fingerprint, run_id=self.run_id,
@@ -208,6 +210,7 @@ class BatchRunner:
             result = await self.client.process(
                 task.spec.prompt, task.spec.model_tier, image_id=image_id, image_url=image_url,
                 style_id=task.spec.style_id, character_id=task.spec.character_id, provider=task.spec.provider,
+                slot=slot,
             )  # fmt: skip
         except FlokanUnknownOutcomeError as exc:
             return record, exc

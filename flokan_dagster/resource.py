@@ -56,7 +56,12 @@ class FlokanResource(dg.ConfigurableResource):
     backoff_base_s: float = Field(default=0.5, ge=0, description="First retry backoff in seconds; doubles per attempt, with jitter.")
     backoff_max_s: float = Field(default=30.0, ge=0, description="Cap of one retry backoff in seconds.")
     max_total_wait_s: float = Field(default=120.0, ge=0, description="Cap of all retry and rate-limit waiting within one call, in seconds.")
-    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, description="Requests in flight at once per async client (one run's batch).")
+    max_concurrency: int = Field(
+        default=DEFAULT_MAX_CONCURRENCY,
+        ge=1,
+        description="Cap of requests in flight per async client (one run's batch). Within it the client sizes its calls "
+        "in flight from the workspace's rate-limit headers and the observed latency.",
+    )
     max_download_bytes: int = Field(default=DEFAULT_MAX_DOWNLOAD_BYTES, gt=0, description="Largest result image accepted, in bytes.")
     allow_insecure_http: bool = Field(default=False, description="Allow http:// to a non-loopback host (the key would travel in clear text).")
 
@@ -84,7 +89,7 @@ class FlokanResource(dg.ConfigurableResource):
         return FlokanClient(**self._client_options())
 
     def get_async_client(self) -> AsyncFlokanClient:
-        """A new async client bounded by ``max_concurrency`` (use ``async with``)."""
+        """A new async client, paced by the rate limit and capped by ``max_concurrency`` (use ``async with``)."""
         return AsyncFlokanClient(max_concurrency=self.max_concurrency, **self._client_options())
 
 

@@ -24,6 +24,7 @@ from typing import Any, Self
 import httpx
 
 from flokan_dagster.api import rules
+from flokan_dagster.api.concurrency import CallKind, ConcurrencyController, Slot
 from flokan_dagster.api.errors import FlokanValidationError, RateLimitState
 from flokan_dagster.api.models import (
     CreditEstimate,
@@ -46,7 +47,8 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_READ_TIMEOUT_S = 330.0
 DEFAULT_WRITE_TIMEOUT_S = 60.0
 DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_CONCURRENCY = 8
+#: A cap, not the plan: the controller sizes calls in flight from the rate limit and latency.
+DEFAULT_MAX_CONCURRENCY = 64
 
 ImageSource = str | Path | bytes
 
@@ -335,29 +337,44 @@ class FlokanClient(_ClientBase):
 
 
 class AsyncFlokanClient(_ClientBase):
-    """Asynchronous client of Flokan's Image Editor API, with a bound on concurrent requests.
+    """Asynchronous client of Flokan's Image Editor API, sized to the workspace's rate limit.
 
-    Takes the same options as :class:`FlokanClient`, plus ``max_concurrency``: at most that many
-    API requests of this client are in flight at once (a ``/process`` holds its slot for its whole
-    10-60 s). Uploads and downloads, on the storage host, have a bound of the same size of their
-    own, so fetching a finished image never waits behind other SKUs' ``/process`` calls.
+    Takes the same options as :class:`FlokanClient`, plus:
+
+    - ``max_concurrency``: a cap on calls in flight (default 64). Within it, one
+      :class:`~flokan_dagster.api.concurrency.ConcurrencyController` decides how many calls go at
+      once from the ``X-RateLimit-*`` headers, ``Retry-After`` and the latency it measures (about
+      rate × latency), pausing at the window's end instead of provoking 429s and backing off at
+      once when one comes. Every call draws on it: ``/process``, estimates, ``GET /jobs``,
+      uploads and downloads (these first, so a paid image is never stuck behind new calls).
+    - ``rate_limit_window_s``: length of the server's rate-limit window (Flokan's is a minute).
+
+    A caller that must check something right before a ``/process`` goes out takes the slot
+    itself, checks, and passes it in: ``async with client.concurrency.slot() as slot: ...;
+    await client.process(..., slot=slot)``.
 
     Example:
-        >>> async with AsyncFlokanClient(api_key=key, base_url=url, max_concurrency=8) as client:  # doctest: +SKIP
+        >>> async with AsyncFlokanClient(api_key=key, base_url=url) as client:  # doctest: +SKIP
         ...     results = await asyncio.gather(*(client.process(p, "standard") for p in prompts))
     """
 
-    def __init__(self, *, api_key: str, max_concurrency: int = DEFAULT_MAX_CONCURRENCY, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        rate_limit_window_s: float = 60.0,
+        **options: Any,
+    ) -> None:
         if max_concurrency < 1:
             raise FlokanValidationError("max_concurrency must be at least 1", field="max_concurrency")
         super().__init__(api_key=api_key, **options)
         self.max_concurrency = max_concurrency
-        self._api_slots = asyncio.Semaphore(max_concurrency)
-        self._storage_slots = asyncio.Semaphore(max_concurrency)
+        self.concurrency = ConcurrencyController(max_concurrency, window_s=rate_limit_window_s)
         self._http = httpx.AsyncClient(
             timeout=self._timeout,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=2 * max_concurrency, max_keepalive_connections=2 * max_concurrency),
+            limits=httpx.Limits(max_connections=max_concurrency + 4, max_keepalive_connections=max_concurrency + 4),
         )
 
     async def __aenter__(self) -> Self:
@@ -380,13 +397,21 @@ class AsyncFlokanClient(_ClientBase):
         style_id: str | None = None,
         character_id: str | None = None,
         provider: str | None = None,
+        slot: Slot | None = None,
     ) -> ProcessResult:
-        """Async :meth:`FlokanClient.process`."""
+        """Async :meth:`FlokanClient.process`.
+
+        Args:
+            slot: A slot the caller took from :attr:`concurrency` for this call (so that checks
+                made right before the send stay true); by default the call takes its own. It is
+                given back when the answer is in, and taken again for a retry after a 429;
+                releasing it again afterwards is harmless.
+        """
         call = self._process_call(
             prompt, model_tier, image_id=image_id, image_url=image_url, style_id=style_id,
             character_id=character_id, provider=provider,
         )  # fmt: skip
-        return self._engine.parse(ProcessResult, call, *await self._send(call))
+        return self._engine.parse(ProcessResult, call, *await self._send(call, slot))
 
     async def estimate_credits(self, model_tier: str, provider: str | None = None) -> CreditEstimate:
         """Async :meth:`FlokanClient.estimate_credits`."""
@@ -429,16 +454,20 @@ class AsyncFlokanClient(_ClientBase):
         response, body, _ = await self._send(self._download_call(url))
         return body
 
-    async def _send(self, call: Call) -> tuple[httpx.Response, bytes, datetime]:
+    async def _send(self, call: Call, slot: Slot | None = None) -> tuple[httpx.Response, bytes, datetime]:
+        """Send ``call`` under a slot of the controller (the caller's, or one taken here), with retries.
+
+        The controller does the pacing (the window's budget, a 429's pause), so the engine's
+        own rate-limit pause is not used here; waiting for a slot counts against no retry budget.
+        """
+        owned = slot is None
+        if slot is None:
+            slot = await self.concurrency.acquire(_kind_of(call))
         attempt, waited = 0, 0.0
-        while True:
-            pause = self._engine.pause_before(call, waited)
-            if pause:
-                await asyncio.sleep(pause)
-                self._engine.note_wait(pause)
-                waited += pause
-            request = self._engine.build_request(self._http, call)
-            async with self._api_slots if call.api else self._storage_slots:
+        try:
+            while True:
+                await self.concurrency.reacquire(slot)
+                request = self._engine.build_request(self._http, call)
                 sent_at = utcnow()
                 self._engine.note_sent(attempt)
                 try:
@@ -448,18 +477,30 @@ class AsyncFlokanClient(_ClientBase):
                     finally:
                         await response.aclose()
                 except httpx.RequestError as exc:
+                    self.concurrency.release(slot)
                     wait = self._engine.after_exception(call, exc, attempt, waited, sent_at)
                 else:
+                    self.concurrency.observe(slot, response.status_code, response.headers)
+                    self.concurrency.release(slot)
                     if body is None:
                         raise self._engine.too_big(call, response, sent_at)
                     logger.debug("%s -> %s", call.label, response.status_code)
                     wait = self._engine.after_response(call, response, body, attempt, waited, sent_at)
                     if wait is None:
                         return response, body, sent_at
-            await asyncio.sleep(wait)
-            self._engine.note_wait(wait)
-            waited += wait
-            attempt += 1
+                await asyncio.sleep(wait)
+                self._engine.note_wait(wait)
+                waited += wait
+                attempt += 1
+        finally:
+            if owned:
+                self.concurrency.release(slot)
+
+
+def _kind_of(call: Call) -> CallKind:
+    if call.process is not None:
+        return "process"
+    return "api" if call.api else "storage"
 
 
 def _read_capped(chunks: Iterable[bytes], limit: int) -> bytes | None:

@@ -57,6 +57,7 @@ class Call:
     owner: dict[str, Any]
     body: bytes
     faults: FaultSet
+    job_created: bool = False
 
     @property
     def workspace_id(self) -> str:
@@ -179,6 +180,7 @@ def api_endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[
         runtime.hits[route] += 1
         headers: dict[str, str] = {}
         faults = FaultSet()
+        call: Call | None = None
         try:
             owner = _authenticate(runtime, request, headers)
             body = await request.body()
@@ -193,13 +195,17 @@ def api_endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[
                 raise ApiError(500, "internal server error (injected by the emulator)")
             if faults.latency_ms and route != "POST /process":
                 await asyncio.sleep(faults.latency_ms * runtime.config.time_scale / 1000)
-            status, payload = await handler(Call(runtime, request, owner, body, faults))
+            call = Call(runtime, request, owner, body, faults)
+            status, payload = await handler(call)
         except ApiError as exc:
             status, payload = exc.status, {"success": False, "error": exc.message}
             headers.update(exc.headers)
-        if faults.drop_after_complete:
-            return DroppedResponse(json.dumps(payload).encode(), status, headers, media_type="application/json")
         runtime.answers[f"{route} {status}"] += 1
+        # "After complete": an answer refused before any job (a 429, a validation error) is never
+        # dropped, or a dropped refusal would look like a lost paid answer with no job behind it.
+        completed = status < 400 or (call is not None and call.job_created)
+        if faults.drop_after_complete and completed:
+            return DroppedResponse(json.dumps(payload).encode(), status, headers, media_type="application/json")
         if faults.malformed and status < 400:
             return _malformed(status, payload, faults, headers)
         return _json(status, payload, headers)
@@ -417,6 +423,7 @@ async def process(call: Call) -> tuple[int, dict[str, Any]]:
     }
     _take_provider_slot(runtime, call)
     runtime.store.insert_job(job)
+    call.job_created = True
     task = asyncio.create_task(_run_job(runtime, job, req, source, call.faults, cost))
     task.add_done_callback(lambda _: runtime.provider_in_flight.subtract([call.workspace_id]))
     runtime.keep(task)

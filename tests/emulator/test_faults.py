@@ -83,6 +83,15 @@ def test_drop_after_complete_is_an_unknown_outcome_that_was_charged(emu: Emulato
     assert _state(emu, ws) == (1, 50)
 
 
+def test_a_refusal_is_never_dropped_as_if_a_job_had_completed(emu: EmulatorServer, ws: Workspace) -> None:
+    # A 429 met by a drop rule (the seeded plan's, say) is answered in full: no job stands behind
+    # it, so a lost answer there would be an unknown outcome that no GET /jobs can ever settle.
+    emu.admin.add_fault("rate_limit", times=1, retry_after=0)
+    refused = ws.client.post("/process", json=PROCESS, headers={"X-Emulator-Fault": "drop_after_complete"})
+    assert refused.status_code == 429 and refused.json()["success"] is False
+    assert _jobs(ws) == [] and _state(emu, ws) == (0, 0)
+
+
 @pytest.mark.parametrize("variant", ["non_json", "missing_fields", "wrong_types", "huge", "truncated"])
 def test_malformed_process_body_still_completes_and_charges(
     emu: EmulatorServer, ws: Workspace, variant: str
