@@ -25,6 +25,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from flokan_dagster.api import rules
 from flokan_dagster.background import LogFunction, LogLine, iterate_in_thread
 from flokan_dagster.batch import BatchRunner, SettleSettings, SkuOutcome
 from flokan_dagster.budget import BudgetLimits, enforce_budget
@@ -227,7 +228,7 @@ def sku_materialization(key: dg.AssetKey, outcome: SkuOutcome) -> dg.AssetMateri
         "job_id": record.job_id or "",
         "status": record.status,
         "model_tier": record.model_tier or "",
-        "provider_used": record.provider_used or "",
+        "provider_used": rules.provider_name(record.provider_used) or "",  # "platform", as in the report
         "credits_consumed": dg.MetadataValue.int(int(record.credits_consumed or 0)),
         "credits_spent_this_run": dg.MetadataValue.int(outcome.credits_spent),
         "process_calls_this_run": dg.MetadataValue.int(outcome.requests),

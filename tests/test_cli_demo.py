@@ -46,8 +46,7 @@ def test_materialize_then_report(demo_env: Path, workspace: Workspace, capsys: p
     assert "made 6, adopted 0, reused 0, failed 0; 120 credits spent" in out
     assert workspace.api_key not in out + err
     assert err == ""  # no telemetry or "No dagster.yaml" banner
-    instance = dg.DagsterInstance.from_config(str(home))
-    assert instance.get_latest_materialization_event(dg.AssetKey("hero_images")) is not None  # `make dev` sees the runs
+    assert dg.DagsterInstance.from_config(str(home)).get_latest_materialization_event(dg.AssetKey("hero_images"))  # `make dev` sees the runs
 
     assert cli.main(["report", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -55,6 +54,18 @@ def test_materialize_then_report(demo_env: Path, workspace: Workspace, capsys: p
     assert summary["by_status"]["completed"]["attempts"] == 6
     assert {row["sku"]: row["credits"] for row in summary["top_skus"]} == {"MUG-001": 40, "TEE-002": 40, "BAG-001": 40}
     assert summary["by_tier_provider"][0]["credits"] == 120
+    assert summary["by_tier_provider"][0]["provider"] == "platform"
+    assert sorted((r["asset"], r["attempts"], r["credits"]) for r in summary["by_asset"]) == [
+        ("hero_images", 3, 60), ("lifestyle_images", 3, 60)]  # fmt: skip
+    assert cli.main(["report"]) == 0
+    markdown = capsys.readouterr().out
+    assert "## By asset" in markdown and "| hero_images | 3 | 60 |" in markdown
+    assert "| standard | platform | platform | 6 | 120 |" in markdown
+    # The SKU's metadata names the provider as the report does (the API's "system" is "platform").
+    instance = dg.DagsterInstance.from_config(str(home))
+    event = instance.get_latest_materialization_event(dg.AssetKey("hero_images"))
+    assert event is not None and event.asset_materialization is not None
+    assert event.asset_materialization.metadata["provider_used"].value == "platform"
 
     assert cli.main(["materialize", "--sku", "MUG-001"]) == 0
     assert "made 0, adopted 0, reused 2, failed 0; 0 credits spent" in capsys.readouterr().out

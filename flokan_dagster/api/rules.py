@@ -24,6 +24,18 @@ MODEL_TIERS: tuple[str, ...] = ("pro", "standard", "creative")
 PLATFORM_PROVIDER = "platform"
 BYOK_PROVIDERS: tuple[str, ...] = ("openai", "google", "fal", "kie")
 PROVIDERS: tuple[str, ...] = (PLATFORM_PROVIDER, *BYOK_PROVIDERS)
+# What the API's ``provider_used`` says for a call on Flokan's own keys; we call that ``platform``.
+SYSTEM_PROVIDER_USED = "system"
+
+
+def provider_name(provider_used: str | None) -> str | None:
+    """The provider as metadata and reports name it: the API's ``system`` is ``platform``.
+
+    Example:
+        >>> provider_name("system"), provider_name("openai"), provider_name(None)
+        ('platform', 'openai', None)
+    """
+    return PLATFORM_PROVIDER if provider_used == SYSTEM_PROVIDER_USED else provider_used
 BYOK_TIERS: dict[str, tuple[str, ...]] = {
     "openai": ("pro", "standard"),
     "google": ("pro",),

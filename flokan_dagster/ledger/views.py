@@ -27,13 +27,14 @@ SELECT
     GROUPING(status) AS g_status,
     GROUPING(origin) AS g_origin,
     GROUPING(model_tier, provider, billing) AS g_tier,
-    status, origin, model_tier, coalesce(provider, 'platform') AS provider, billing,
+    GROUPING(asset) AS g_asset,
+    status, origin, model_tier, coalesce(provider, 'platform') AS provider, billing, asset,
     count(*) AS attempts,
     sum(credits) AS credits,
     sum(estimated_credits) FILTER (WHERE status = 'completed' AND credits_consumed IS NOT NULL) AS estimated,
     sum(credits_consumed) FILTER (WHERE status = 'completed' AND estimated_credits IS NOT NULL) AS actual
 FROM ledger_costs
-GROUP BY GROUPING SETS ((), (status), (origin), (model_tier, provider, billing))
+GROUP BY GROUPING SETS ((), (status), (origin), (model_tier, provider, billing), (asset))
 """
 
 # count(*) OVER () counts the SKU groups: far cheaper than a count(DISTINCT sku) in the totals.
@@ -60,7 +61,8 @@ def summarize(conn: duckdb.DuckDBPyConnection, *, top_skus: int = 20, days: int 
 
     Returns:
         ``credits``, ``attempts``, ``skus``, ``by_status``, ``by_origin``, ``by_tier_provider``
-        (list of dicts with model_tier, provider, billing, credits, attempts), ``top_skus``,
+        (list of dicts with model_tier, provider, billing, credits, attempts), ``by_asset`` (list
+        of dicts with asset, attempts, credits; asset None for jobs made outside Dagster), ``top_skus``,
         ``recent_days`` and ``estimate_vs_actual`` (estimated, actual).
 
     Example:
@@ -74,12 +76,15 @@ def summarize(conn: duckdb.DuckDBPyConnection, *, top_skus: int = 20, days: int 
         "by_status": {},
         "by_origin": {},
         "by_tier_provider": [],
+        "by_asset": [],
         "estimate_vs_actual": {"estimated": 0, "actual": 0},
     }
     rows = conn.execute(_TOTALS_SQL).fetchall()
-    for g_status, g_origin, g_tier, status, origin, tier, provider, billing, n, credits, est, act in rows:
+    for g_status, g_origin, g_tier, g_asset, status, origin, tier, provider, billing, asset, n, credits, est, act in rows:
         credits = int(credits or 0)
-        if g_status and g_origin and g_tier == 7:
+        if not g_asset:
+            summary["by_asset"].append({"asset": asset, "attempts": int(n), "credits": credits})
+        elif g_status and g_origin and g_tier == 7:
             summary.update(credits=credits, attempts=int(n))
             summary["estimate_vs_actual"] = {"estimated": int(est or 0), "actual": int(act or 0)}
         elif not g_status:
@@ -91,6 +96,7 @@ def summarize(conn: duckdb.DuckDBPyConnection, *, top_skus: int = 20, days: int 
                 {"model_tier": tier, "provider": provider, "billing": billing, "attempts": int(n), "credits": credits}
             )
     summary["by_tier_provider"].sort(key=lambda r: (-r["credits"], str(r["model_tier"]), str(r["provider"])))
+    summary["by_asset"].sort(key=lambda r: (-r["credits"], str(r["asset"])))
     top = conn.execute(_TOP_SKUS_SQL, [top_skus]).fetchall()
     summary["skus"] = int(top[0][3]) if top else 0
     summary["top_skus"] = [{"sku": sku, "credits": int(c or 0), "attempts": int(n)} for sku, c, n, _ in top]
@@ -142,6 +148,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
     table("By status", ["status", "attempts", "credits"],
           [[k, v["attempts"], v["credits"]] for k, v in sorted(summary.get("by_status", {}).items())])
+    table("By asset", ["asset", "attempts", "credits"],
+          [[r["asset"] if r["asset"] is not None else "(outside Dagster)", r["attempts"], r["credits"]]
+           for r in summary.get("by_asset", [])])
     table("By tier and provider", ["tier", "provider", "billing", "attempts", "credits"],
           [[r["model_tier"], r["provider"], r["billing"], r["attempts"], r["credits"]]
            for r in summary.get("by_tier_provider", [])])
