@@ -1,9 +1,10 @@
-"""In a real browser: the Dagster UI shows a SKU's thumbnail and its credits.
+"""In a real browser: the Dagster UI shows a SKU's thumbnail and its credits; the gallery's images render.
 
 The demo pipeline runs against a test emulator workspace: ``flokan-dagster materialize`` fills a
 DAGSTER_HOME instance, ``dagster-webserver`` serves it on a free loopback port, and headless
 Chromium (Debian's ``chromium`` driven through ``chromium-driver`` by Selenium) opens the
-hero_images partition page. Screenshots go to ``test-artifacts/browser/``.
+hero_images partition page, the asset graph, and the gallery page ``materialize`` wrote.
+Screenshots go to ``test-artifacts/browser/``; the README's pictures in ``docs/images/`` are copies.
 
 ``make test`` installs the browser first (``.ci/install-browser``); where it cannot be installed,
 this test skips and says why.
@@ -39,7 +40,7 @@ ARTIFACTS = PROJECT / "test-artifacts" / "browser"
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
-SKUS = ("MUG-001", "TEE-002")
+SKUS = ("MUG-001", "TEE-002", "BAG-001", "LAMP-001")
 STANDARD_CREDITS = 20
 # No "join the community" dialog over the page, no telemetry from a test.
 DAGSTER_YAML = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
@@ -141,16 +142,16 @@ def metadata_row(driver: webdriver.Chrome, label: str, timeout_s: float = 60) ->
     return WebDriverWait(driver, timeout_s).until(expected_conditions.visibility_of_element_located(locator))
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(400)
 def test_partition_page_shows_thumbnail_and_credits(
     demo_env: dict[str, str], webserver: str, browser: webdriver.Chrome, workspace: Workspace
 ) -> None:
-    command = [str(BIN / "flokan-dagster"), "materialize", "--asset", "hero_images"]
+    command = [str(BIN / "flokan-dagster"), "materialize"]
     for sku in SKUS:
         command += ["--sku", sku]
-    done = subprocess.run(command, env=demo_env, cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, env=demo_env, cwd=PROJECT, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert workspace.info()["credits_deducted"] == STANDARD_CREDITS * len(SKUS)
+    assert workspace.info()["credits_deducted"] == STANDARD_CREDITS * len(SKUS) * 2  # hero and lifestyle
 
     sku = SKUS[0]
     try:
@@ -172,6 +173,36 @@ def test_partition_page_shows_thumbnail_and_credits(
         assert thumbnail.size["width"] > 32 and thumbnail.size["height"] > 32
         browser.save_screenshot(str(ARTIFACTS / f"hero_images-{sku}-thumbnail.png"))
         assert workspace.api_key not in browser.page_source
+
+        # The asset graph of the demo pipeline.
+        browser.get(f"{webserver}/asset-groups/flokan")
+        WebDriverWait(browser, 60).until(
+            lambda d: all(d.find_elements(By.XPATH, f"//*[normalize-space()='{name}']")
+                          for name in ("hero_images", "lifestyle_images", "flokan_gallery"))
+        )  # fmt: skip
+        WebDriverWait(browser, 60).until(lambda d: not d.find_elements(By.XPATH, "//*[starts-with(normalize-space(), 'Loading')]"))
+        browser.save_screenshot(str(ARTIFACTS / "asset-graph.png"))
+
+        # The gallery materialize wrote: every SKU's images render, with their credits and status.
+        gallery = Path(done.stdout.split("gallery: ")[1].split()[0])
+        assert gallery == Path(demo_env["FLOKAN_DATA_DIR"]) / "gallery" / "index.html"
+        browser.get(gallery.as_uri())
+        images = WebDriverWait(browser, 30).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "section.sku figure img") or False
+        )
+        assert len(images) == len(SKUS) * 2
+        WebDriverWait(browser, 30).until(
+            lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) for i in images)
+        )
+        assert all(image.size["width"] > 100 for image in images)
+        cards = {c.get_attribute("data-sku"): c.text for c in browser.find_elements(By.CSS_SELECTOR, "section.sku")}
+        assert set(cards) == set(SKUS)
+        assert all(f"{STANDARD_CREDITS} credits" in text and "completed" in text for text in cards.values())
+        browser.save_screenshot(str(ARTIFACTS / "gallery.png"))
+        browser.get(gallery.with_name("contact_sheet.png").as_uri())
+        sheet = WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.TAG_NAME, "img") or False)[0]
+        assert browser.execute_script("return arguments[0].naturalWidth", sheet) > 0
+        assert workspace.api_key not in gallery.read_text()
     except BaseException:
         browser.save_screenshot(str(ARTIFACTS / "failure.png"))
         raise
