@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-distributed dev bench materialize reconcile report sql gallery stop-emulator clean
+.PHONY: demo test test-distributed dev bench stress materialize reconcile report sql gallery stop-emulator clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -41,6 +41,9 @@ materialize: $(STAMP)  ## flokan-dagster materialize $(ARGS), e.g. make material
 
 reconcile: $(STAMP)  ## one reconciliation pass over Flokan's jobs
 	$(BIN)/flokan-dagster reconcile
+
+stress: $(STAMP)  ## the ledger under contention with every core busy, 20 times (issue 16); refreshes its RESULTS.md rows
+	$(BIN)/python benchmarks/run_all.py bench_ledger_stress
 
 report: $(STAMP)  ## the cost report from the ledger
 	$(BIN)/flokan-dagster report $(ARGS)

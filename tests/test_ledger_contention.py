@@ -11,8 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import pytest
 
-from flokan_dagster.ledger import CreditLedger
+from flokan_dagster.ledger import CreditLedger, LedgerLockedError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,3 +167,83 @@ def test_concurrent_writer_processes_and_a_lock_holder_lose_nothing(tmp_path: Pa
                 "completed", f"job-w{w}-{i}", i, f"w{w}-{i}", 50)
     assert ledger.credits_spent(min(r.sent_at for r in rows.values() if r.sent_at), include_in_flight=False) == (
         workers * sum(range(per_worker)))
+
+
+_RAW_WRITER = """
+import sys
+from flokan_dagster.ledger.connection import locked_connection
+from flokan_dagster.ledger.locking import ledger_file_lock
+database, worker, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lock = ledger_file_lock(database + ".lock")
+for i in range(count):
+    with locked_connection(database, lock, read_only=False, timeout_s=60) as conn:
+        conn.execute("INSERT INTO t VALUES (?, ?)", [worker, i])
+    with locked_connection(database, lock, read_only=True, timeout_s=60) as conn:
+        assert conn.execute("SELECT count(*) FROM t WHERE w = ? AND i = ?", [worker, i]).fetchone()[0] == 1
+"""
+
+
+def test_open_insert_close_loops_in_four_processes_lose_no_commit(tmp_path: Path) -> None:
+    """The root cause of issue 16 at DuckDB level: each open reads the file's header before taking
+    DuckDB's lock, so without the ledger lock a process may open on a header another process's
+    checkpoint just replaced, and a committed row vanishes. Under ``locked_connection`` none may."""
+    database = str(tmp_path / "raw.duckdb")
+    with duckdb.connect(database) as conn:
+        conn.execute("CREATE TABLE t (w VARCHAR, i INTEGER)")
+        # Enough data that a checkpoint rewrites and truncates blocks.
+        conn.execute("CREATE TABLE pad AS SELECT range AS i, repeat('x', 50) AS s FROM range(20000)")
+    workers, per_worker = 4, 40
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _RAW_WRITER, database, f"w{w}", str(per_worker)],
+                         cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        for w in range(workers)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * workers, errors
+    with duckdb.connect(database, read_only=True) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT (w, i)) FROM t").fetchone() == (
+            workers * per_worker, workers * per_worker)
+
+
+_HOLD_LEDGER_LOCK = """
+import sys
+from flokan_dagster.ledger.locking import ledger_file_lock
+with ledger_file_lock(sys.argv[1] + ".lock").hold(exclusive=sys.argv[2] == "exclusive", timeout_s=10):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_process_holding_the_ledger_lock_keeps_writers_in_the_spool_and_readers_waiting(tmp_path: Path) -> None:
+    database = str(tmp_path / "ledger.duckdb")
+    ledger = CreditLedger(database, lock_timeout_s=0.2)
+    ledger.flush_spool()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LEDGER_LOCK, database, "exclusive"], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        aid = ledger.begin_attempt(asset="images", sku="S", prompt="p", model_tier="pro")
+        assert ledger.spooled_count() == 1  # DuckDB itself is free: only the ledger lock kept it out
+        with pytest.raises(LedgerLockedError):
+            ledger.attempts_for()
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert ledger.flush_spool() == 0
+    assert [r.attempt_id for r in ledger.attempts_for()] == [aid]
+
+    # A shared holder (another reader) lets this reader in but keeps the writer out.
+    reader = subprocess.Popen([sys.executable, "-c", _HOLD_LEDGER_LOCK, database, "shared"], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "locked"
+        assert len(ledger.attempts_for()) == 1
+        ledger.finish_attempt(aid, status="failed", error="x")
+        assert ledger.spooled_count() == 1
+        assert ledger.get_attempt(aid).status == "failed"  # the spool overlay
+    finally:
+        assert reader.stdin is not None
+        reader.stdin.close()
+        reader.wait(timeout=30)
+    assert ledger.flush_spool() == 0

@@ -1,10 +1,12 @@
 """Short-lived DuckDB connections that wait out a locked database instead of failing.
 
-DuckDB lets one process hold a database file read-write at a time; any other open (read-write
-or read-only) fails at once with ``IOException: Could not set lock``. Within one process, a
-read-only open also fails while a read-write connection to the same file exists. Both are
-transient, so opening retries them with capped, fully jittered exponential backoff (jitter keeps
-several waiting processes from retrying in lockstep) until a deadline.
+Every ledger open goes through ``locked_connection``: it first takes the ledger's cross-process
+file lock (``locking.LedgerFileLock``; exclusive to write, shared to read), because DuckDB reads a
+file's header before taking its own lock and so cannot keep two processes from working on one
+file on its own (see ``locking``). Under that lock, a DuckDB open can still meet a process that
+does not use it (a notebook holding the file): DuckDB then fails at once with ``IOException:
+Could not set lock``, and opening retries with capped, fully jittered exponential backoff until
+the same deadline.
 
 Example:
     >>> import tempfile, os
@@ -19,13 +21,15 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Final
 
 import duckdb
 
 from flokan_dagster.ledger.backend import is_unreachable, open_database
+from flokan_dagster.ledger.locking import LedgerFileLock, LockNoLongerNeeded, LockTimeout
 
 # MotherDuck and the shared PostgreSQL backend: connection strings, not files; never logged as is.
 _REMOTE_PREFIXES: Final = ("md:", "motherduck:", "postgresql://", "postgres://")
@@ -191,3 +195,50 @@ def connect_unless(
                 ) from None
             time.sleep(min(remaining, random.uniform(0, ceiling)))
             ceiling = min(ceiling * 2, max_backoff_s)
+
+
+@contextmanager
+def locked_connection(
+    database: str,
+    lock: LedgerFileLock,
+    *,
+    read_only: bool,
+    timeout_s: float,
+    no_longer_needed: Callable[[], bool] = lambda: False,
+) -> Iterator[duckdb.DuckDBPyConnection | None]:
+    """Hold ``lock`` and a DuckDB connection for the ``with`` block; the one way the ledger opens.
+
+    The lock is exclusive for a read-write connection and shared for a read-only one, and it is
+    held until the block ends, *after* the connection is closed: closing a read-write connection
+    checkpoints, and whatever the caller does after closing (deleting merged spool files) must
+    also happen before another process may open the file. The caller holds the in-process lock.
+
+    Yields:
+        The connection, or None if ``no_longer_needed()`` became true while waiting.
+
+    Raises:
+        LedgerLockedError: The lock or the file stayed held past ``timeout_s`` (both waits share
+            one deadline).
+        duckdb.Error: Any other failure to open.
+    """
+    deadline = time.monotonic() + timeout_s
+    held = ExitStack()
+    try:
+        held.enter_context(lock.hold(exclusive=not read_only, timeout_s=timeout_s, no_longer_needed=no_longer_needed))
+    except LockNoLongerNeeded:
+        yield None
+        return
+    except LockTimeout:
+        raise LedgerLockedError(f"ledger {describe(database)} stayed locked for {timeout_s:.1f}s") from None
+    with held:
+        conn = connect_unless(
+            database,
+            read_only=read_only,
+            timeout_s=max(0.0, deadline - time.monotonic()),
+            no_longer_needed=no_longer_needed,
+        )
+        try:
+            yield conn
+        finally:
+            if conn is not None:
+                conn.close()

@@ -2,7 +2,9 @@
 
 Writes never wait forever and are never dropped. Each write is first made durable as one event
 file in the spool, then merged into DuckDB over a short-lived read-write connection, retrying a
-locked file for ``lock_timeout_s``. If the lock does not come free (another run, the sensor, an
+locked file for ``lock_timeout_s``. Every open of the file (read-write to merge, read-only to
+read) happens under the ledger's cross-process lock (``locking``): DuckDB alone does not keep two
+processes from using the file at once (issue 16). If the lock does not come free (another run, the sensor, an
 analyst's notebook), the event stays in the spool and is merged by the next write that gets the
 lock, or by ``flush_spool()``. Reads open read-only and also see events still in the spool, so a
 spooled completed attempt is already reusable (never pay twice for a locked file).
@@ -14,8 +16,8 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import closing
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -24,15 +26,15 @@ import duckdb
 
 from flokan_dagster.ledger.connection import (
     LedgerLockedError,
-    connect_unless,
-    connect_with_retry,
     database_file,
     describe,
     is_remote,
+    locked_connection,
     process_lock,
     spool_counter,
 )
 from flokan_dagster.ledger.journal import apply_events, fold_with_stored, insert_rows
+from flokan_dagster.ledger.locking import ledger_file_lock
 from flokan_dagster.ledger.records import (
     COLUMNS,
     AttemptRecord,
@@ -111,6 +113,9 @@ class CreditLedger:
         self.lock_timeout_s = lock_timeout_s
         self.read_timeout_s = lock_timeout_s if read_timeout_s is None else read_timeout_s
         self._process_lock = process_lock(database)
+        # A file ledger's lock sits beside it; a remote one serialises this machine's spool merges.
+        lock_path = Path(database + ".lock") if not is_remote(database) else Path(str(spool_dir) + ".lock")
+        self._file_lock = ledger_file_lock(lock_path)
         self._schema_ready = False
         self._spooled = spool_counter(database)
         # After a write found the database locked, the next writes within lock_timeout_s try the
@@ -610,7 +615,7 @@ class CreditLedger:
             >>> ledger.read(lambda c: c.execute("SELECT count(*) FROM attempts").fetchone()[0])  # doctest: +SKIP
             3
         """
-        with self._process_lock, closing(self._open_reader()) as conn:
+        with self._process_lock, self._reader() as conn:
             return query(conn)
 
     # ------------------------------------------------------------------ internals
@@ -634,20 +639,38 @@ class CreditLedger:
         return merged and not any(path.exists() for path in written)
 
     def _merge_spool(self, written: list[Path] | None = None) -> bool:
-        """Apply every spooled event in one transaction.
+        """Apply every spooled event in one transaction; the one place the ledger writes DuckDB.
+
+        Under the exclusive ledger lock: open read-write, apply the spool, commit, close (which
+        checkpoints), and only then delete the merged spool files, so no other process can see
+        the file between a commit and the removal of what it applied, or apply the same files in
+        a transaction of its own at the same time.
 
         Returns:
             True once the spool (or at least ``written``) is in the database; False if locked.
         """
         timeout_s = 0.0 if time.monotonic() < self._busy_until else self.lock_timeout_s
         try:
-            conn = connect_unless(
+            with locked_connection(
                 self.database,
+                self._file_lock,
                 read_only=False,
                 timeout_s=timeout_s,
                 # Files are removed only after their commit, so gone means merged by another process.
                 no_longer_needed=lambda: bool(written) and not any(p.exists() for p in written or ()),
-            )
+            ) as conn:
+                self._busy_until = 0.0
+                if conn is None:
+                    return True
+                if not self._schema_ready:
+                    ensure_schema(conn)
+                    self._schema_ready = True
+                pending = self.spool.pending()
+                if pending:
+                    apply_events(conn, [event for _, event in pending])
+                conn.close()
+                self.spool.remove([path for path, _ in pending])
+            return True
         except LedgerLockedError:
             self._busy_until = time.monotonic() + self.lock_timeout_s
             logger.warning(
@@ -657,27 +680,20 @@ class CreditLedger:
                 self.spool.directory,
             )
             return False
-        self._busy_until = 0.0
-        if conn is None:
-            return True
-        with closing(conn):
-            if not self._schema_ready:
-                ensure_schema(conn)
-                self._schema_ready = True
-            pending = self.spool.pending()
-            if pending:
-                apply_events(conn, [event for _, event in pending])
-        self.spool.remove([path for path, _ in pending])
-        return True
 
-    def _open_reader(self) -> duckdb.DuckDBPyConnection:
+    @contextmanager
+    def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection under the shared ledger lock (the caller holds the process lock)."""
         path = database_file(self.database)
         if path is not None and not path.exists():
             # Nothing written yet (or only spooled): read an empty ledger.
-            conn = duckdb.connect()
-            ensure_schema(conn)
-            return conn
-        return connect_with_retry(self.database, read_only=True, timeout_s=self.read_timeout_s)
+            with closing(duckdb.connect()) as empty:
+                ensure_schema(empty)
+                yield empty
+            return
+        with locked_connection(self.database, self._file_lock, read_only=True, timeout_s=self.read_timeout_s) as conn:
+            assert conn is not None  # only a no_longer_needed() callback yields None
+            yield conn
 
     def _read(self, query: Callable[[duckdb.DuckDBPyConnection, str], T]) -> T:
         """Run ``query(conn, source)`` where ``source`` defines ``current_attempts``.
@@ -685,7 +701,7 @@ class CreditLedger:
         ``current_attempts`` is the committed table overlaid with the folded spooled events,
         keeping the same one-row-per-job rule the writer keeps.
         """
-        with self._process_lock, closing(self._open_reader()) as conn:
+        with self._process_lock, self._reader() as conn:
             spooled = [event for _, event in self.spool.pending()]
             if not spooled:
                 return query(conn, "WITH current_attempts AS (SELECT * FROM attempts)")
