@@ -18,10 +18,10 @@ from flokan_dagster.ledger import CreditLedger, LedgerLockedError
 ROOT = Path(__file__).resolve().parents[1]
 
 _HOLD_LOCK = """
-import sys, time, duckdb
+import select, sys, duckdb
 conn = duckdb.connect(sys.argv[1])  # read-write: an analyst's notebook, another run
 print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
+select.select([sys.stdin], [], [], float(sys.argv[2]))  # until the test lets go, or the time is up
 conn.close()
 """
 
@@ -41,14 +41,20 @@ ledger.flush_spool()
 
 @contextmanager
 def lock_held(database: str, seconds: float) -> Iterator[subprocess.Popen[str]]:
-    """Hold ``database`` read-write from another process for about ``seconds``."""
+    """Hold ``database`` read-write from another process until the block ends, or ``seconds`` if sooner.
+
+    A test that needs the lock held while it writes passes a generous ``seconds``: the block's end
+    releases it, so a slow machine never sees the lock go early.
+    """
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_LOCK, database, str(seconds)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _HOLD_LOCK, database, str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         yield holder
     finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
         holder.wait(timeout=seconds + 30)
 
 
@@ -57,7 +63,7 @@ def test_locked_database_spools_writes_and_merges_them_later(tmp_path: Path) -> 
     ledger = CreditLedger(database, lock_timeout_s=0.2)
     before = ledger.begin_attempt(asset="images", sku="S0", prompt="p", model_tier="pro")
 
-    with lock_held(database, 3.0) as holder:
+    with lock_held(database, 120) as holder:
         ids = [ledger.begin_attempt(asset="images", sku=f"S{i}", prompt="p", model_tier="pro") for i in range(1, 4)]
         assert ledger.finish_attempt(ids[0], status="completed", job_id="j1", credits_consumed=50) is False
         assert ledger.finish_attempt(before, status="unknown", error="read timeout") is False
@@ -80,7 +86,7 @@ def test_flush_spool_merges_explicitly_and_reads_see_spooled_records(tmp_path: P
     database = str(tmp_path / "ledger.duckdb")
     writer = CreditLedger(database, lock_timeout_s=0.1)
     writer.flush_spool()  # create the file
-    with lock_held(database, 2.5):
+    with lock_held(database, 120):
         aid = writer.begin_attempt(asset="images", sku="S", prompt="p", model_tier="pro", fingerprint="fp")
         writer.finish_attempt(aid, status="completed", job_id="j", credits_consumed=50)
         assert writer.flush_spool() == 2
@@ -138,7 +144,9 @@ def test_readers_in_threads_while_writer_threads_work(tmp_path: Path) -> None:
     done.set()
     reader.join()
     assert errors == []
-    assert ledger.credits_spent(ledger.attempts_for()[0].sent_at, include_in_flight=False) == 45
+    # Since the earliest send (attempts_for() has no order to rely on: its first row is any attempt).
+    earliest = min(r.sent_at for r in ledger.attempts_for() if r.sent_at)
+    assert ledger.credits_spent(earliest, include_in_flight=False) == 45
 
 
 def test_concurrent_writer_processes_and_a_lock_holder_lose_nothing(tmp_path: Path) -> None:
