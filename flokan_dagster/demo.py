@@ -8,7 +8,10 @@ Configured by the environment:
   (default: ``.data`` in the project, git-ignored);
 - ``FLOKAN_CATALOG`` points at another catalog (default: ``data/catalog.csv``);
 - ``FLOKAN_STYLE_ID`` is the style preset of the lifestyle variants on a real workspace;
-- ``FLOKAN_REFRESH_CRON`` is the refresh schedule (default ``0 4 * * *``, UTC).
+- ``FLOKAN_REFRESH_CRON`` is the refresh schedule (default ``0 4 * * *``, UTC);
+- ``FLOKAN_LEDGER_DATABASE`` (e.g. ``postgresql://flokan@db:5432/flokan``), ``FLOKAN_LEDGER_SPOOL_DIR``,
+  ``FLOKAN_IMAGE_STORE`` (e.g. ``s3://bucket/flokan``) and ``FLOKAN_S3_ENDPOINT_URL`` put the ledger
+  and the images on shared servers for runs on several machines (see ``deploy/``).
 
 Example:
     >>> defs = build_demo_definitions(DemoSettings(api_key="flk_x", base_url="https://x", data_dir=Path("/tmp/d")))
@@ -178,9 +181,28 @@ def build_demo_definitions(settings: DemoSettings | None = None) -> dg.Definitio
                 api_key=settings.api_key if settings.uses_emulator else dg.EnvVar("FLOKAN_API_KEY"),
                 base_url=settings.base_url,
             ),
-            "flokan_ledger": FlokanLedgerResource(database=str(ledger_path(data_dir))),
-            "flokan_images": ImageStoreResource(directory=str(images_dir(data_dir))),
+            "flokan_ledger": ledger_resource(data_dir),
+            "flokan_images": image_store_resource(data_dir),
         },
+    )
+
+
+def ledger_resource(data_dir: Path) -> FlokanLedgerResource:
+    """The demo's ledger: ``FLOKAN_LEDGER_DATABASE`` when set (read when a run starts, so a password
+    in it stays out of the code location's snapshot), else the DuckDB file in ``data_dir``."""
+    if not os.environ.get("FLOKAN_LEDGER_DATABASE"):
+        return FlokanLedgerResource(database=str(ledger_path(data_dir)))
+    spool = os.environ.get("FLOKAN_LEDGER_SPOOL_DIR") or str(data_dir / "ledger.spool")
+    return FlokanLedgerResource(database=dg.EnvVar("FLOKAN_LEDGER_DATABASE"), spool_dir=spool)
+
+
+def image_store_resource(data_dir: Path) -> ImageStoreResource:
+    """The demo's image store: ``FLOKAN_IMAGE_STORE`` (a directory or ``s3://...`` URL) when set,
+    with ``FLOKAN_S3_ENDPOINT_URL`` for an S3-compatible server, else ``images`` in ``data_dir``."""
+    endpoint = os.environ.get("FLOKAN_S3_ENDPOINT_URL")
+    return ImageStoreResource(
+        directory=os.environ.get("FLOKAN_IMAGE_STORE") or str(images_dir(data_dir)),
+        storage_options={"endpoint_url": endpoint} if endpoint else {},
     )
 
 
