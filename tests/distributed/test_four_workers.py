@@ -64,6 +64,10 @@ def charged(api_key: str, base_url: str) -> dict[str, int]:
                 if j.status == "completed" and (j.credits_consumed or 0) > 0}  # fmt: skip
 
 
+@pytest.mark.skipif(
+    not os.environ.get("FLOKAN_TEST_DISTRIBUTED"),
+    reason="the 4-worker scenario runs in `make test-distributed` (FLOKAN_TEST_DISTRIBUTED=1), not twice in CI",
+)
 @pytest.mark.xfail(
     not hasattr(CreditLedger, "claim_skus"),
     reason="two workers planning the same SKU at once both pay until the ledger holds claims (issue 10); "
