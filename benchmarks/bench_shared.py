@@ -1,0 +1,225 @@
+"""Benchmark: the shared mode's costs against the embedded defaults.
+
+- Per-attempt write latency (``begin_attempt`` + ``finish_attempt``) on each ledger backend (a
+  DuckDB file; PostgreSQL attached by DuckDB), one writer alone and 8 writer processes at once.
+- The cost report (``cost_summary``) over 1,000,000 ledger rows on each backend.
+- The image store: seconds per image uploaded to an S3-compatible server (moto) against a write
+  to a local directory.
+
+Starts its own PostgreSQL and moto server with the CI scripts unless ``FLOKAN_TEST_PG_DSN`` /
+``FLOKAN_TEST_S3_ENDPOINT`` are set.
+
+Usage:
+    python benchmarks/bench_shared.py [--rows 1000000] [--attempts 40] [--images 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import duckdb  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bench_ledger import _GENERATE  # noqa: E402
+from results import result  # noqa: E402
+from flokan_dagster.image_store import ImageStore  # noqa: E402
+from flokan_dagster.ledger import CreditLedger, cost_summary  # noqa: E402
+from flokan_dagster.ledger.backend import open_database, postgres_extension_path  # noqa: E402
+from flokan_dagster.ledger.schema import ensure_schema  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WRITE_TARGET_MS = 1000.0  # per attempt: small beside a 10-60 s image generation
+REPORT_TARGET_S = 10.0  # a report is an occasional read, not on any SKU's path
+WRITERS = 8
+
+_WRITER = """
+import sys, time, json
+from pathlib import Path
+from flokan_dagster.ledger import CreditLedger
+database, spool, worker, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ledger = CreditLedger(database, spool_dir=Path(spool) if spool else None, lock_timeout_s=30)
+ledger.begin_attempt(asset="warm", sku=worker, prompt="p", model_tier="pro")  # connect once
+print("ready", flush=True)
+sys.stdin.readline()
+times = []
+for i in range(count):
+    started = time.perf_counter()
+    aid = ledger.begin_attempt(asset="images", sku=f"{worker}-{i}", prompt="p", model_tier="pro", estimated_credits=50)
+    ledger.finish_attempt(aid, status="completed", job_id=f"job-{worker}-{i}", credits_consumed=50)
+    times.append(time.perf_counter() - started)
+left = ledger.flush_spool()
+print(json.dumps({"times": times, "left": left}), flush=True)
+"""
+
+
+def _script_env(output: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+
+
+@contextmanager
+def servers() -> Iterator[tuple[str, str]]:
+    """A PostgreSQL connection string and an S3 endpoint, started here unless given."""
+    with ExitStack() as stack:
+        dsn = os.environ.get("FLOKAN_TEST_PG_DSN")
+        if not dsn:
+            env = _script_env(subprocess.run(["bash", str(ROOT / ".ci/start-postgres")], check=True,
+                                             capture_output=True, text=True).stdout)
+            stack.callback(subprocess.run, ["bash", str(ROOT / ".ci/stop-postgres"), env["FLOKAN_TEST_PG_DIR"]])
+            dsn = env["FLOKAN_TEST_PG_DSN"]
+        endpoint = os.environ.get("FLOKAN_TEST_S3_ENDPOINT")
+        if not endpoint:
+            directory = tempfile.mkdtemp(prefix="bench-s3-")
+            env = _script_env(subprocess.run(["bash", str(ROOT / ".ci/start-s3"), directory, sys.executable],
+                                             check=True, capture_output=True, text=True).stdout)
+            stack.callback(subprocess.run, ["bash", str(ROOT / ".ci/stop-s3"), directory])
+            endpoint = env["FLOKAN_TEST_S3_ENDPOINT"]
+        yield dsn, endpoint
+
+
+def new_database(dsn: str) -> str:
+    """An empty PostgreSQL database on ``dsn``'s server."""
+    import psycopg2  # a dev dependency; CREATE DATABASE cannot run inside a transaction
+
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name}")
+    finally:
+        conn.close()
+    return dsn.rsplit("/", 1)[0] + "/" + name
+
+
+def write_latency(database: str, spools: Path, writers: int, attempts: int) -> list[float]:
+    """Seconds per begin+finish of ``writers`` processes writing ``attempts`` each, all at once."""
+    procs = []
+    for w in range(writers):
+        spool = str(spools / f"spool-{w}") if database.startswith("postgresql") else ""
+        procs.append(subprocess.Popen([sys.executable, "-c", _WRITER, database, spool, f"w{w}-{uuid.uuid4().hex[:6]}",
+                                       str(attempts)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    times: list[float] = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=900)
+        report = json.loads(out.strip().splitlines()[-1])
+        assert report["left"] == 0, "a write was left in the spool"
+        times += report["times"]
+    return times
+
+
+def build_report_ledger(database: str, rows: int) -> float:
+    """Fill ``database`` with ``rows`` generated attempts; return seconds taken."""
+    started = time.perf_counter()
+    if database.startswith("postgresql"):
+        open_database(database, read_only=False).close()  # creates the tables
+        with duckdb.connect() as local:
+            ensure_schema(local)
+            local.execute(_GENERATE, {"rows": rows, "skus": 20_000})
+            local.execute(f"LOAD '{postgres_extension_path()}'")
+            local.execute(f"ATTACH '{database}' AS pg (TYPE postgres)")
+            local.execute("INSERT INTO pg.public.attempts SELECT * FROM memory.main.attempts")
+    else:
+        with duckdb.connect(database) as conn:
+            ensure_schema(conn)
+            conn.execute(_GENERATE, {"rows": rows, "skus": 20_000})
+            conn.execute("CHECKPOINT")
+    return time.perf_counter() - started
+
+
+def png(size: int, seed: int) -> bytes:
+    """A noisy RGB PNG (noise keeps it near a real photo's size after compression)."""
+    rng = random.Random(seed)
+    image = Image.frombytes("RGB", (size, size), bytes(rng.getrandbits(8) for _ in range(size * size * 3)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def main() -> None:
+    """Run the three measurements and print them beside their targets."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--attempts", type=int, default=40, help="per writer alone; a quarter of it per writer with 8")
+    parser.add_argument("--images", type=int, default=20)
+    args = parser.parse_args()
+    failed = False
+    with servers() as (dsn, endpoint), tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        backends = {"duckdb file": lambda name: str(work / f"{name}.duckdb"), "postgresql": lambda name: new_database(dsn)}
+
+        for label, make in backends.items():
+            for writers, attempts in ((1, args.attempts), (WRITERS, max(2, args.attempts // 4))):
+                times = write_latency(make(f"w{writers}"), work / f"spools-{writers}", writers, attempts)
+                median, p95 = statistics.median(times) * 1000, sorted(times)[int(len(times) * 0.95) - 1] * 1000
+                ok = median < WRITE_TARGET_MS if writers == 1 else None
+                failed |= ok is False
+                print(f"{label:12} {writers} writer(s): begin+finish median {median:.0f} ms, p95 {p95:.0f} ms ({len(times)} attempts)")
+                result(f"ledger write begin+finish, {label}, {writers} writer(s)", f"{median:.0f} ms median, {p95:.0f} ms p95",
+                       f"< {WRITE_TARGET_MS:.0f} ms" if writers == 1 else "", ok)
+
+        report_s: dict[str, float] = {}
+        for label, make in backends.items():
+            database = make("report")
+            print(f"{label}: building {args.rows:,} rows in {build_report_ledger(database, args.rows):.1f} s")
+            ledger = CreditLedger(database, spool_dir=work / "report-spool")
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                cost_summary(ledger)
+                times.append(time.perf_counter() - started)
+            median = statistics.median(times)
+            report_s[label] = median
+            print(f"{label}: cost_summary over {args.rows:,} rows: {median * 1000:.0f} ms median")
+            result(f"cost report over {args.rows:,} rows, {label}", f"{median * 1000:.0f} ms median")
+        ratio = report_s["postgresql"] / report_s["duckdb file"]
+        ok = report_s["postgresql"] < REPORT_TARGET_S
+        failed |= not ok
+        result("cost report, postgresql vs duckdb file", f"{ratio:.1f}x ({report_s['postgresql']:.2f} s)",
+               f"< {REPORT_TARGET_S:.0f} s on postgresql", ok)
+
+        images = [png(512, i) for i in range(args.images)]
+        mean_size = statistics.mean(len(i) for i in images)
+        local = ImageStore(work / "images")
+        import s3fs
+
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+        bucket = f"bench-images-{uuid.uuid4().hex[:8]}"
+        s3fs.S3FileSystem(**options).mkdir(bucket)
+        shared = ImageStore(f"s3://{bucket}/flokan", storage_options=options)
+        per_image = {}
+        for label, store in (("local directory", local), ("s3 (moto)", shared)):
+            started = time.perf_counter()
+            for n, data in enumerate(images):
+                store.write("hero_images", f"SKU-{n}", data)
+            per_image[label] = (time.perf_counter() - started) / len(images)
+            print(f"image store, {label}: {per_image[label] * 1000:.1f} ms per {mean_size / 1024:.0f} KiB image")
+        for label, seconds in per_image.items():
+            result(f"image store write per {mean_size / 1024:.0f} KiB image, {label}", f"{seconds * 1000:.1f} ms")
+        ratio = per_image["s3 (moto)"] / per_image["local directory"]
+        result("s3 upload vs local write", f"{ratio:.1f}x", "< 1 s per image", per_image["s3 (moto)"] < 1.0)
+    raise SystemExit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
