@@ -197,6 +197,11 @@ def serialize_writers(conn: duckdb.DuckDBPyConnection) -> None:
     writer at a time by its file lock.
     """
     if uses_postgres(conn):
+        # DuckDB's postgres extension opens REPEATABLE READ transactions, whose snapshot is taken
+        # by the first statement: the lock's own, before it waits. The merge would then fold from
+        # a journal missing what the merge it waited for committed. READ COMMITTED gives every
+        # statement after the lock a fresh snapshot (it must come before any query).
+        conn.execute(f"CALL postgres_execute('{ATTACHED_NAME}', 'SET TRANSACTION ISOLATION LEVEL READ COMMITTED')")
         conn.execute(f"CALL postgres_execute('{ATTACHED_NAME}', 'SELECT pg_advisory_xact_lock({_MERGE_LOCK_KEY})')")
 
 

@@ -121,7 +121,9 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, duckdb.ConnectionException):
         # Same process, other configuration: the caller's own connection to the file is open.
         return "different configuration" in message
-    if isinstance(exc, duckdb.ResourceInUseException):
+    # DuckDB 1.5 has no ResourceInUseException (later versions raise it for racing opens).
+    resource_in_use = getattr(duckdb, "ResourceInUseException", None)
+    if resource_in_use is not None and isinstance(exc, resource_in_use):
         # Two opens of the same file racing inside one process.
         return True
     return False

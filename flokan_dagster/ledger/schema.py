@@ -189,6 +189,9 @@ def _ensure_postgres_schema(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("BEGIN TRANSACTION")
     try:
         serialize_writers(conn)
+        # DuckDB caches PostgreSQL's catalog; another machine may have created the tables while
+        # this one waited for the lock, and a stale cache would create them again.
+        conn.execute("CALL pg_clear_cache()")
         for statement in TABLES:
             conn.execute(statement)
         found = conn.execute("SELECT max(version) FROM schema_version").fetchone()

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -127,3 +128,53 @@ def test_writer_processes_with_their_own_spools_lose_nothing(postgres_dsn: str, 
     assert sum(r.credits_consumed or 0 for r in rows) == workers * sum(range(count))
     events = ledger.read(lambda c: c.execute("SELECT count(*) FROM attempt_events").fetchone()[0])
     assert events == 2 * workers * count
+
+
+def test_a_merge_that_waited_for_another_folds_the_events_that_one_committed(postgres_dsn: str, tmp_path: Path) -> None:
+    """Merges from two machines of events of one attempt, queued behind a third: whichever runs
+    second must see what the first committed while it waited (not a snapshot from before)."""
+    from flokan_dagster.ledger.backend import open_database, serialize_writers
+    from flokan_dagster.ledger.journal import apply_events
+    from flokan_dagster.ledger.records import LedgerEvent
+
+    database = fresh_database(postgres_dsn)
+    CreditLedger(database, spool_dir=tmp_path / "s").flush_spool()  # the tables
+    begin = LedgerEvent.create("a1", "begin", {"status": "pending", "sku": "MUG-1", "asset": "images",
+                                                "estimated_credits": 50})  # fmt: skip
+    finish = LedgerEvent.create("a1", "finish", {"status": "completed", "job_id": "job-1", "credits_consumed": 50})
+    holder = open_database(database, read_only=False)
+    holder.execute("BEGIN TRANSACTION")
+    serialize_writers(holder)  # every merge below now waits for this one
+    errors: list[BaseException] = []
+
+    def merge(event: LedgerEvent) -> None:
+        conn = open_database(database, read_only=False)
+        try:
+            apply_events(conn, [event])
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=merge, args=(e,)) for e in (finish, begin)]
+    for thread in threads:
+        thread.start()
+    waiting = open_database(database, read_only=True)
+    deadline = 60.0
+    started = time.monotonic()
+    while time.monotonic() - started < deadline:  # both merges are blocked on the lock
+        blocked = waiting.execute(
+            "SELECT * FROM postgres_query('flokan_ledger', 'SELECT count(*) FROM pg_locks WHERE locktype = ''advisory'' AND NOT granted')"
+        ).fetchone()[0]
+        if blocked == 2:
+            break
+        time.sleep(0.05)
+    assert blocked == 2, "the two merges never queued behind the lock"
+    holder.execute("COMMIT")
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    row = CreditLedger(database, spool_dir=tmp_path / "s").get_attempt("a1")
+    assert row is not None
+    assert (row.status, row.sku, row.estimated_credits, row.job_id, row.credits_consumed) == (
+        "completed", "MUG-1", 50, "job-1", 50)  # fmt: skip
