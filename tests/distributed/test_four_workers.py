@@ -71,8 +71,8 @@ def charged(api_key: str, base_url: str) -> dict[str, int]:
 @pytest.mark.xfail(
     not hasattr(CreditLedger, "claim_skus"),
     reason="two workers planning the same SKU at once both pay until the ledger holds claims (issue 10); "
-    "observed here: 2 of 32 SKUs charged twice",
-    strict=True,
+    "observed here: 2 of 32 SKUs charged twice; once claims exist the test must pass",
+    strict=False,  # the race is likely, not certain: a lucky pass must not fail CI
 )
 def test_four_workers_overlapping_with_faults_and_a_kill(
     faulty: Admin, postgres_dsn: str, s3_server: S3Server, tmp_path: Path
