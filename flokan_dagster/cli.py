@@ -9,6 +9,8 @@
 - ``sql "SELECT ..." [--format table|csv|json]``: a read-only query of the ledger.
 - ``gallery``: write the gallery (HTML page and contact sheet) and print where it is.
 - ``stop-emulator``: stop the local emulator of the data directory.
+- ``ledger doctor [--resolve FILE [--note TEXT]] [--ledger PATH]``: list the ledger's spool files
+  that could not be read (quarantined) and what they may concern; resolve one once checked.
 
 The Dagster instance is ``DAGSTER_HOME``'s when set, else the one ``make dev`` uses
 (``$FLOKAN_DATA_DIR/dagster_home``); the command says which.
@@ -365,7 +367,39 @@ def build_parser() -> argparse.ArgumentParser:
     gal.set_defaults(handler=gallery)
     stop = commands.add_parser("stop-emulator", help="stop the local emulator")
     stop.set_defaults(handler=stop_emulator)
+    led = commands.add_parser("ledger", help="ledger maintenance (doctor)")
+    doctor = led.add_subparsers(dest="ledger_command", required=True, metavar="SUBCOMMAND").add_parser(
+        "doctor", help="show spool files that could not be read and the SKUs they block; --resolve one once checked")
+    doctor.add_argument("--resolve", metavar="FILE", help="mark this quarantined file resolved (it is kept, in resolved/)")
+    doctor.add_argument("--note", default="", help="what you checked, kept beside the resolved file")
+    doctor.add_argument("--ledger", type=Path, metavar="PATH", help="the ledger database (default: the data directory's)")
+    doctor.set_defaults(handler=ledger_doctor)
     return parser
+
+
+def ledger_doctor(args: argparse.Namespace) -> int:
+    """The ``ledger doctor`` command: exit 0 when nothing is quarantined (or after resolving), 1 otherwise."""
+    database = args.ledger or ledger_path(data_dir_from_env())
+    ledger = CreditLedger(str(database))
+    if args.resolve:
+        try:
+            moved = ledger.resolve_quarantined(args.resolve, args.note)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc).strip('"')) from None
+        print(f"resolved {moved.name}: kept at {moved}")
+        print("Its SKUs may be generated again. Resolving says you checked that the attempt it may have")
+        print("recorded is accounted for: its job is in the ledger (`flokan-dagster reconcile` records")
+        print("every job Flokan charged), or it was never sent. The next run reuses or settles what the")
+        print("ledger holds for those SKUs before paying.")
+        return 0
+    damaged = ledger.quarantined_files()
+    print(f"ledger {database}: {ledger.spooled_count()} event(s) waiting in the spool, {len(damaged)} quarantined")
+    for item in damaged:
+        print(f"  {item.describe()}")
+    if damaged:
+        print("Spending on the SKUs each file may concern waits until it is resolved. Check those SKUs' jobs")
+        print("(`flokan-dagster reconcile`), then: flokan-dagster ledger doctor --resolve FILE")
+    return 1 if damaged else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

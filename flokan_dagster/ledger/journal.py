@@ -21,7 +21,7 @@ from typing import Any, Final
 import duckdb
 
 from flokan_dagster.ledger.backend import serialize_writers
-from flokan_dagster.ledger.records import COLUMNS, LedgerEvent, external_attempt_id, fold_events
+from flokan_dagster.ledger.records import COLUMNS, LedgerEvent, external_attempt_id, fold_attempts
 
 _SELECT_COLUMNS: Final = ", ".join(COLUMNS)
 
@@ -39,28 +39,51 @@ def fold_with_stored(
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Fold ``events`` with the journal into the rows they change.
 
-    Besides the attempts ``events`` write to, the external row of every job those attempts
-    held or now hold is refolded too: whether an external row exists depends on whether a
-    Dagster attempt owns its job, so it must be recomputed whenever ownership may move.
+    Besides the attempts ``events`` write to, every attempt whose events ever set a job id that
+    these attempts set or held is refolded too (and so on, until no new job appears), as is the
+    external row of each such job: which attempt holds a job, and whether an external row for
+    it exists, depends on all of them (see ``records.fold_attempts``).
 
     Returns:
         The attempt ids whose rows are replaced, and their new rows (ids without a status, e.g.
         an external job now owned by an attempt, have no row).
     """
-    touched = sorted({e.attempt_id for e in events})
-    old_jobs = conn.execute(
-        "SELECT job_id FROM attempts WHERE attempt_id IN (SELECT unnest(?)) AND job_id IS NOT NULL", [touched]
-    ).fetchall()
-    jobs = {r[0] for r in old_jobs} | {
-        e.fields["job_id"] for e in events if e.fields.get("job_id") is not None
-    }
-    ids = sorted(set(touched) | {external_attempt_id(j) for j in jobs})
+    new_by_attempt: dict[str, list[LedgerEvent]] = defaultdict(list)
+    for event in events:
+        new_by_attempt[event.attempt_id].append(event)
     by_attempt: dict[str, list[LedgerEvent]] = defaultdict(list)
-    for event in [*events, *load_stored_events(conn, ids)]:
-        by_attempt[event.attempt_id].append(event)
-    rows = [fold_events(group) for group in by_attempt.values()]
+    jobs: set[str] = set()
+    frontier = set(new_by_attempt)
+    while frontier:
+        ids = sorted(frontier)
+        for event in load_stored_events(conn, ids):
+            by_attempt[event.attempt_id].append(event)
+        for attempt_id in ids:
+            by_attempt[attempt_id].extend(new_by_attempt.get(attempt_id, ()))
+        held = conn.execute(
+            "SELECT job_id FROM attempts WHERE attempt_id IN (SELECT unnest(?)) AND job_id IS NOT NULL", [ids]
+        ).fetchall()
+        found = {r[0] for r in held} | {
+            e.fields["job_id"] for a in ids for e in by_attempt[a] if e.fields.get("job_id") is not None
+        }
+        new_jobs = sorted(found - jobs)
+        jobs |= found
+        if not new_jobs:
+            break
+        claimants = conn.execute(
+            "SELECT DISTINCT attempt_id FROM attempt_jobs WHERE job_id IN (SELECT unnest(?))", [new_jobs]
+        ).fetchall()
+        wanted = set(new_jobs)
+        frontier = (
+            {r[0] for r in claimants}
+            | {external_attempt_id(j) for j in new_jobs}
+            | {e.attempt_id for e in events if e.fields.get("job_id") in wanted}
+        ) - set(by_attempt)
+        for attempt_id in frontier:
+            by_attempt.setdefault(attempt_id, [])
+    rows = fold_attempts(by_attempt)
     # A row only written by a finish (its begin still elsewhere in flight) has no status yet.
-    return ids, [row for row in rows if row["status"] is not None]
+    return sorted(by_attempt), [row for row in rows.values() if row["status"] is not None]
 
 
 def insert_rows(conn: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]) -> None:
@@ -79,8 +102,8 @@ def apply_events(conn: duckdb.DuckDBPyConnection, events: list[LedgerEvent]) -> 
 
     Idempotent and order-independent: an event id already journalled keeps its earliest copy
     (content-keyed events, such as an unchanged external job seen twice, share an id but not a
-    revision), and every touched row is refolded from its full journal. Afterwards no job id is held by an external row when
-    a Dagster attempt holds it.
+    revision), and every touched row is refolded from its full journal. Afterwards no job id is held
+    by two attempts (``records.fold_attempts``), nor by an external row when an attempt holds it.
     """
     unique: dict[str, LedgerEvent] = {}
     for event in sorted(events, key=lambda e: (e.revision, e.event_id)):
@@ -107,6 +130,14 @@ def apply_events(conn: duckdb.DuckDBPyConnection, events: list[LedgerEvent]) -> 
                 [e.to_json() for e in batch],
             ],
         )
+        jobs = [e for e in batch if e.fields.get("job_id") is not None]
+        if jobs:
+            conn.execute(
+                """INSERT INTO attempt_jobs
+                   SELECT * FROM (SELECT unnest(?) AS event_id, unnest(?) AS attempt_id, unnest(?) AS job_id)
+                   ON CONFLICT DO NOTHING""",
+                [[e.event_id for e in jobs], [e.attempt_id for e in jobs], [str(e.fields["job_id"]) for e in jobs]],
+            )
         attempt_ids, rows = fold_with_stored(conn, batch)
         conn.execute("DELETE FROM attempts WHERE attempt_id IN (SELECT unnest(?))", [attempt_ids])
         insert_rows(conn, "attempts", rows)

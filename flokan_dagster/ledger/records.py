@@ -301,6 +301,78 @@ def fold_events(events: Iterable[LedgerEvent]) -> dict[str, Any]:
     return row
 
 
+# The fields that name an attempt: every event of an attempt carries them (issue 10), so a row can
+# be rebuilt from any of its events, and an event an adoption lost keeps only these.
+IDENTITY_FIELDS: Final[tuple[str, ...]] = ("asset", "sku", "fingerprint", "run_id")
+# Events whose job id came straight from the server's answer to this attempt's own /process call.
+DIRECT_KINDS: Final[frozenset[str]] = frozenset({"finish"})
+
+
+def _job_rank(attempt_events: list[LedgerEvent], job_id: str, attempt_id: str) -> tuple[int, int, str]:
+    """How strong an attempt's hold on ``job_id`` is (smaller wins): direct answer, then earliest."""
+    setting = [e for e in attempt_events if e.fields.get("job_id") == job_id]
+    direct = any(e.kind in DIRECT_KINDS for e in setting)
+    return (0 if direct else 1, min(e.revision for e in setting), attempt_id)
+
+
+def fold_attempts(events_by_attempt: Mapping[str, Iterable[LedgerEvent]]) -> dict[str, dict[str, Any]]:
+    """Fold several attempts' events into rows, keeping each job id on at most one attempt.
+
+    A job id set on two non-external attempts goes to the one the server answered directly (its
+    ``finish`` event carries the job id) over one that adopted it (``settle``); between equals,
+    to the earliest event, then the smaller attempt id. The losing attempt's events that set that
+    job keep only the attempt's identity, so its row is what it was before it adopted the job,
+    and a row left ``pending`` (or with no status) becomes ``unknown``: it was sent and its
+    outcome must be settled again. The result depends only on the set of events given, never on
+    their order or repetition. External rows are not considered here (they yield to any attempt
+    holding their job; see ``journal.apply_events``).
+
+    Example:
+        >>> direct = LedgerEvent.create("a1", "finish", {"status": "completed", "job_id": "j1"})
+        >>> adopted = LedgerEvent.create("a2", "settle", {"status": "completed", "job_id": "j1", "origin": "reconciled"})
+        >>> rows = fold_attempts({"a2": [adopted], "a1": [direct]})
+        >>> rows["a1"]["job_id"], rows["a2"]["job_id"], rows["a2"]["status"]
+        ('j1', None, 'unknown')
+    """
+    groups = {attempt_id: list(events) for attempt_id, events in events_by_attempt.items() if events}
+    lost: dict[str, set[str]] = {}
+    while True:
+        rows = {}
+        for attempt_id, events in groups.items():
+            dropped = lost.get(attempt_id, set())
+            rows[attempt_id] = fold_events(
+                [
+                    dataclasses.replace(
+                        e, fields={k: v for k, v in e.fields.items() if k in IDENTITY_FIELDS}, clear=()
+                    )
+                    if e.fields.get("job_id") in dropped
+                    else e
+                    for e in events
+                ]
+            )
+        holders: dict[str, list[str]] = {}
+        for attempt_id, row in rows.items():
+            if row["job_id"] is not None and row["origin"] != "external":
+                holders.setdefault(row["job_id"], []).append(attempt_id)
+        contested = {job: ids for job, ids in holders.items() if len(ids) > 1}
+        if not contested:
+            break
+        for job_id, ids in contested.items():
+            winner = min(ids, key=lambda a: _job_rank(groups[a], job_id, a))
+            for attempt_id in ids:
+                if attempt_id != winner:
+                    lost.setdefault(attempt_id, set()).add(job_id)
+    for attempt_id, jobs in lost.items():
+        row = rows[attempt_id]
+        if row["status"] in (None, "pending"):
+            row["status"] = "unknown"
+            row["error"] = (
+                f"job {', '.join(sorted(jobs))} is held by another attempt the server answered directly;"
+                " this attempt's outcome is unknown again"
+            )
+    return rows
+
+
 @dataclasses.dataclass(frozen=True)
 class AttemptRecord:
     """One row of the ledger: one ``POST /process`` attempt, or one job seen only in ``GET /jobs``.

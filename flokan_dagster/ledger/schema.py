@@ -79,6 +79,16 @@ TABLES: Final[tuple[str, ...]] = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS attempt_events_by_attempt ON attempt_events (attempt_id)",
+    # Which attempts' events ever set which job id: every attempt that may hold a job is refolded
+    # together, so one job stays on one attempt whatever order the events arrive in.
+    """
+    CREATE TABLE IF NOT EXISTS attempt_jobs (
+        event_id VARCHAR PRIMARY KEY,
+        attempt_id VARCHAR NOT NULL,
+        job_id VARCHAR NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS attempt_jobs_by_job ON attempt_jobs (job_id)",
 )
 
 VIEWS: Final[tuple[str, ...]] = (
@@ -165,8 +175,19 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     if uses_postgres(conn):
         _ensure_postgres_schema(conn)
         return
+    had_job_index = bool(
+        conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'attempt_jobs'").fetchone()[0]
+    )
     for statement in TABLES:
         conn.execute(statement)
+    if not had_job_index:
+        # A ledger from before attempt_jobs existed: index the job ids its journal already holds.
+        conn.execute(
+            """INSERT INTO attempt_jobs
+               SELECT event_id, attempt_id, json_extract_string(payload, '$.fields.job_id') FROM attempt_events
+               WHERE json_extract_string(payload, '$.fields.job_id') IS NOT NULL
+               ON CONFLICT DO NOTHING"""
+        )
     found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     version = found[0] if found else None
     if version is not None and version > SCHEMA_VERSION:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -37,6 +38,7 @@ from flokan_dagster.ledger.journal import apply_events, fold_with_stored, insert
 from flokan_dagster.ledger.locking import ledger_file_lock
 from flokan_dagster.ledger.records import (
     COLUMNS,
+    IDENTITY_FIELDS,
     AttemptRecord,
     LedgerEvent,
     external_attempt_id,
@@ -45,7 +47,7 @@ from flokan_dagster.ledger.records import (
     utc_now,
 )
 from flokan_dagster.ledger.schema import ensure_schema
-from flokan_dagster.ledger.spool import Spool
+from flokan_dagster.ledger.spool import QuarantinedFile, Spool
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ _SETTLE_FIELDS: Final = (
     "completed_at",
 )
 _SELECT_COLUMNS: Final = ", ".join(COLUMNS)
+# Identities of attempts this ledger object began, kept for their later events (a batch of many
+# thousand SKUs fits; the oldest are dropped first and then read back from the ledger if needed).
+_IDENTITY_CACHE: Final = 100_000
 
 
 class CreditLedger:
@@ -122,6 +127,8 @@ class CreditLedger:
         # lock once and go straight to the spool: a notebook holding the file for minutes must
         # not stall every asset write by lock_timeout_s each.
         self._busy_until = 0.0
+        # Shared by this process's ledger objects for the same database, like the process lock.
+        self._identities, self._identities_lock = _shared_identities(database)
 
     def __repr__(self) -> str:
         return f"CreditLedger({describe(self.database)!r})"
@@ -195,6 +202,7 @@ class CreditLedger:
             "origin": "dagster",
             "sent_at": sent_at or utc_now(),
         }
+        self._remember_identity(attempt_id, fields)
         self._write([LedgerEvent.create(attempt_id, "begin", fields)])
         return attempt_id
 
@@ -263,6 +271,7 @@ class CreditLedger:
             "provider_used": provider_used,
         }
         clear = ("error",) if status == "completed" else ()
+        fields.update(self._identity(attempt_id))
         return self._write([LedgerEvent.create(attempt_id, "finish", fields, clear=clear)])
 
     def record_rejected(
@@ -302,6 +311,7 @@ class CreditLedger:
             "origin": "dagster",
             "error": error,
         }
+        self._remember_identity(attempt_id, fields)
         self._write([LedgerEvent.create(attempt_id, "reject", fields)])
         return attempt_id
 
@@ -374,6 +384,7 @@ class CreditLedger:
         if owner is not None and owner != attempt_id:
             raise ValueError(f"job {fields['job_id']} is already settled onto attempt {owner}")
         clear = ("error",) if fields["status"] == "completed" else ()
+        fields.update(self._identity(attempt_id))
         return self._write([LedgerEvent.create(attempt_id, "settle", fields, clear=clear)])
 
     def flush_spool(self) -> int:
@@ -390,6 +401,53 @@ class CreditLedger:
             self._busy_until = 0.0
             self._merge_spool()
         return self.spool.count()
+
+    def quarantined_files(self) -> list[QuarantinedFile]:
+        """Return the spool files that could not be read and are not yet resolved.
+
+        Looks at the spool first, so a file damaged since the last merge is quarantined now.
+
+        Example:
+            >>> [f.name for f in ledger.quarantined_files()]  # doctest: +SKIP
+            []
+        """
+        self.spool.pending()
+        return self.spool.quarantined()
+
+    def quarantine_blocks(self, asset: str, skus: Iterable[str]) -> dict[str, str]:
+        """Return the SKUs of ``asset`` a quarantined spool file may concern, each with why.
+
+        A damaged spool file may have held the only record of a paid attempt, so spending on a
+        SKU it may concern waits until a person resolves it (``flokan-dagster ledger doctor``).
+        The file's name (a digest of asset and SKU) or its legible remains narrow it to one SKU;
+        a file that reveals nothing (named before names carried the digest, and unreadable)
+        blocks every SKU of every asset, and one known to record only a job seen in ``GET
+        /jobs`` blocks none.
+
+        Example:
+            >>> ledger.quarantine_blocks("images", ["MUG-1", "MUG-2"])  # doctest: +SKIP
+            {'MUG-1': 'ledger spool file ... may hold a record of this SKU ...'}
+        """
+        wanted = list(dict.fromkeys(skus))
+        blocked: dict[str, str] = {}
+        for damaged in self.quarantined_files():
+            concerned = damaged.concerns(asset, wanted)
+            for sku in wanted if concerned is None else concerned:
+                blocked.setdefault(
+                    sku,
+                    f"ledger spool file {damaged.name} could not be read ({damaged.reason}) and may hold a record"
+                    f" of a paid attempt for this SKU; it is kept at {damaged.path}. Check the SKU's jobs"
+                    f" (`flokan-dagster reconcile`), then run `flokan-dagster ledger doctor --resolve {damaged.name}`",
+                )
+        return blocked
+
+    def resolve_quarantined(self, name: str, note: str = "") -> Path:
+        """Mark a quarantined spool file resolved, so it blocks spending no more; the file is kept.
+
+        Raises:
+            FileNotFoundError: No quarantined file has that name.
+        """
+        return self.spool.resolve(name, note)
 
     def spooled_count(self) -> int:
         """Return how many events wait in the spool for the database."""
@@ -620,6 +678,35 @@ class CreditLedger:
 
     # ------------------------------------------------------------------ internals
 
+    def _remember_identity(self, attempt_id: str, fields: Mapping[str, Any]) -> None:
+        """Keep an attempt's identity so its later events carry it without a read."""
+        with self._identities_lock:
+            if len(self._identities) >= _IDENTITY_CACHE:
+                self._identities.pop(next(iter(self._identities)))
+            self._identities[attempt_id] = {k: fields[k] for k in IDENTITY_FIELDS if fields.get(k) is not None}
+
+    def _identity(self, attempt_id: str) -> dict[str, Any]:
+        """The attempt's asset, SKU, fingerprint and run id, for an event to carry (issue 10).
+
+        From this process's memory when it began the attempt, else from the ledger (spool
+        included). If the ledger cannot be read now, the event goes without: it is still recorded
+        and its row still rebuilt from the attempt's other events.
+        """
+        with self._identities_lock:
+            known = self._identities.get(attempt_id)
+        if known is not None:
+            return dict(known)
+        try:
+            record = self.get_attempt(attempt_id)
+        except LedgerLockedError:
+            logger.warning("ledger %s locked; attempt %s's event goes without its identity", describe(self.database), attempt_id)
+            return {}
+        if record is None:
+            return {}
+        identity = {k: getattr(record, k) for k in IDENTITY_FIELDS if getattr(record, k) is not None}
+        self._remember_identity(attempt_id, identity)
+        return identity
+
     def _write(self, events: list[LedgerEvent]) -> bool:
         # An event is durable once it is in the spool (fsync'd, renamed); merging it into DuckDB
         # can wait. So a writer that finds another thread of this process holding the lock does
@@ -734,6 +821,17 @@ class CreditLedger:
             return None
         return rows[0].attempt_id if rows else None
 
+
+
+_IDENTITIES: dict[str, tuple[dict[str, dict[str, Any]], threading.Lock]] = {}
+_IDENTITIES_GUARD: Final = threading.Lock()
+
+
+def _shared_identities(database: str) -> tuple[dict[str, dict[str, Any]], threading.Lock]:
+    """This process's attempt-identity cache for ``database`` and the lock guarding it."""
+    key = database if is_remote(database) else str(Path(database).resolve())
+    with _IDENTITIES_GUARD:
+        return _IDENTITIES.setdefault(key, ({}, threading.Lock()))
 
 
 def _external_event(job_row: Mapping[str, Any], origin: str) -> LedgerEvent:
