@@ -57,7 +57,7 @@ def test_an_unreadable_spool_file_is_quarantined_and_blocks_only_its_sku_until_r
     database = str(tmp_path / "ledger.duckdb")
     CreditLedger(database).flush_spool()
     ledger = CreditLedger(database, lock_timeout_s=0.0, read_timeout_s=5.0)
-    with lock_held(database, 2.0):
+    with lock_held(database, 60.0):
         aid = ledger.begin_attempt(asset="images", sku="MUG 1/é", prompt="p", model_tier="pro", fingerprint="fp")
         ledger.finish_attempt(aid, status="completed", job_id="j1", credits_consumed=50)
         other = ledger.begin_attempt(asset="images", sku="MUG-2", prompt="p", model_tier="pro")
@@ -153,7 +153,7 @@ def test_the_spool_overlay_keeps_one_attempt_per_job_before_the_merge(tmp_path: 
     ledger.settle_attempt(adopter, {"job_id": "j1", "status": "completed", "credits_consumed": 40})
     direct = ledger.begin_attempt(asset="images", sku="B", prompt="p", model_tier="pro")
     spooled = CreditLedger(database, lock_timeout_s=0.0, read_timeout_s=10.0)
-    with lock_held(database, 2.0):
+    with lock_held(database, 60.0):
         spooled.finish_attempt(direct, status="completed", job_id="j1", credits_consumed=40)
     assert spooled.spooled_count() == 1
     rows = {r.attempt_id: r for r in spooled.attempts_for()}
