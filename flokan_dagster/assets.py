@@ -18,7 +18,7 @@ Example:
 
 import logging
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ from flokan_dagster.budget import BudgetLimits, enforce_budget
 from flokan_dagster.catalog import CatalogMapping, load_catalog
 from flokan_dagster.image_store import inspect_image, thumbnail_data_uri
 from flokan_dagster.planning import plan_batch
-from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
+from flokan_dagster.resource import FlokanResourceKeys
+from flokan_dagster.translator import METADATA_PREFIX, DagsterFlokanTranslator, FlokanImageAssetProps
 
 SKU_PARTITIONS = dg.DynamicPartitionsDefinition(name="flokan_skus")
 # Each SKU's outcome is also logged here (record attribute ``flokan_outcome``) so an in-process
@@ -58,6 +59,7 @@ def build_flokan_image_asset(
     mapping: CatalogMapping,
     catalog_table: str | None = None,
     upstream: dg.AssetsDefinition | dg.AssetKey | str | None = None,
+    catalog_asset: dg.AssetsDefinition | dg.AssetKey | str | None = None,
     partitions_def: dg.DynamicPartitionsDefinition = SKU_PARTITIONS,
     batch_size: int = 25,
     run_budget_credits: int | None = None,
@@ -66,20 +68,36 @@ def build_flokan_image_asset(
     expected_size: tuple[int, int] | None = None,
     settle_timeout_s: float = 120.0,
     settle_poll_s: float = 2.0,
-    group_name: str = "flokan",
     pool: str = "flokan",
+    key: dg.AssetKey | str | Sequence[str] | None = None,
+    key_prefix: str | Sequence[str] | None = None,
+    group_name: str | None = None,
+    owners: Sequence[str] | None = None,
+    tags: Mapping[str, str] | None = None,
     description: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    automation_condition: dg.AutomationCondition | None = None,
+    translator: DagsterFlokanTranslator | None = None,
+    resource_keys: FlokanResourceKeys = FlokanResourceKeys(),
 ) -> dg.AssetsDefinition:
     """Make an asset that produces one Flokan image per SKU partition.
 
+    Its spec comes from ``translator`` (:class:`~flokan_dagster.translator.DagsterFlokanTranslator`
+    by default); the spec arguments below (``key`` to ``automation_condition``) then override it.
+    The ledger records each SKU under the asset's full key (``AssetKey.to_user_string()``, e.g.
+    ``shop/hero_images``; a one-part key is its plain name, as in ledgers written before keys
+    could have a prefix).
+
     Args:
-        name: Asset name.
+        name: Asset name (the translator's default key is ``AssetKey(name)``).
         catalog: The catalog file (CSV, Parquet, or a DuckDB database with ``catalog_table``).
         mapping: Which columns hold the SKU, the prompt (or its template), the source image and
             per-row tier, provider, style and character, with the defaults.
         catalog_table: Table name when ``catalog`` is a DuckDB database.
         upstream: An image asset whose result each SKU edits (a chained edit via its
             ``result_image_id``, never re-uploaded).
+        catalog_asset: The asset validating the catalog (e.g. ``build_flokan_catalog_asset``'s),
+            drawn as this asset's upstream.
         partitions_def: The SKU partitions (shared by every image asset of a pipeline).
         batch_size: SKUs per run when backfilling (``BackfillPolicy.multi_run``).
         run_budget_credits: Refuse a run whose estimate exceeds this.
@@ -88,54 +106,72 @@ def build_flokan_image_asset(
         expected_size: ``(width, height)`` the stored-image check expects, if fixed.
         settle_timeout_s: How long a run looks for the job of an unknown outcome.
         settle_poll_s: Pause between those looks.
-        group_name: Asset group.
         pool: Dagster concurrency pool shared by every run calling Flokan.
-        description: Asset description.
+        key: The asset key (default: the translator's, ``AssetKey(name)``).
+        key_prefix: A prefix put before the key.
+        group_name: Asset group (default: the translator's, ``flokan``).
+        owners: Owners (``team:...`` or e-mail addresses), added to the translator's.
+        tags: Tags, added to the translator's.
+        description: Asset description (default: the translator's, saying what the asset makes).
+        metadata: Definition metadata, added to the translator's.
+        automation_condition: When Dagster's automation requests the asset, e.g.
+            ``dg.AutomationCondition.on_cron("0 4 * * *")`` (an alternative to the refresh schedule).
+        translator: Shapes the spec; subclass ``DagsterFlokanTranslator`` to shape every asset.
+        resource_keys: The resource keys the asset reads (``flokan``, ``flokan_ledger``,
+            ``flokan_images`` by default).
 
     Returns:
-        The asset, with its two checks (stored image valid, credits within estimate).
+        The asset, with its two checks: stored image valid (blocking: a failed check stops a
+        chained asset downstream in the same run) and credits within estimate.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     upstream_key = _key_of(upstream) if upstream is not None else None
-    key = dg.AssetKey(name)
-    settle = SettleSettings(timeout_s=settle_timeout_s, poll_s=settle_poll_s)
     catalog_path = str(catalog)
+    props = FlokanImageAssetProps(
+        name=name, catalog=catalog_path, mapping=mapping, upstream=upstream_key,
+        catalog_asset=_key_of(catalog_asset) if catalog_asset is not None else None,
+    )  # fmt: skip
+    spec = _shape_spec(
+        (translator or DagsterFlokanTranslator()).get_asset_spec(props),
+        key=key, key_prefix=key_prefix, group_name=group_name, owners=owners, tags=tags,
+        description=description, metadata=metadata, automation_condition=automation_condition,
+    )  # fmt: skip
+    asset_key = spec.key
+    # The ledger, the image store and the sensors know an asset by its full key string.
+    asset_name = asset_key.to_user_string()
+    settle = SettleSettings(timeout_s=settle_timeout_s, poll_s=settle_poll_s)
     expected = expected_format + (f" of {expected_size[0]}x{expected_size[1]}" if expected_size else "")
 
     with warnings.catch_warnings():
         # backfill_policy is Dagster's (beta) way to batch partitions into one run; we rely on it knowingly.
         warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
-        define = dg.asset(
-            name=name,
+        define = dg.multi_asset(
+            name=asset_key.to_python_identifier(),
+            specs=[spec.replace_attributes(partitions_def=partitions_def, skippable=True)],
             partitions_def=partitions_def,
             backfill_policy=dg.BackfillPolicy.multi_run(batch_size),
-            deps=[upstream_key] if upstream_key else None,
-            output_required=False,
             pool=pool,
-            group_name=group_name,
-            kinds={"flokan", "duckdb"},
-            description=description or f"One Flokan image per SKU from {Path(catalog_path).name}.",
+            required_resource_keys=resource_keys.all(),
             check_specs=[
-                dg.AssetCheckSpec(CHECK_IMAGE, asset=key, description=f"Stored images decode as {expected}"),
-                dg.AssetCheckSpec(CHECK_CREDITS, asset=key, description="Credits charged do not exceed the estimate"),
-            ],
+                # Blocking: a chained edit in the same run must not start from a bad image.
+                dg.AssetCheckSpec(CHECK_IMAGE, asset=asset_key, blocking=True,
+                                  description=f"Stored images decode as {expected}"),
+                dg.AssetCheckSpec(CHECK_CREDITS, asset=asset_key, description="Credits charged do not exceed the estimate"),
+            ],  # fmt: skip
         )
 
     @define
-    def _image_asset(
-        context: dg.AssetExecutionContext,
-        config: FlokanImageConfig,
-        flokan: FlokanResource,
-        flokan_ledger: FlokanLedgerResource,
-        flokan_images: ImageStoreResource,
-    ):  # no return annotation: Dagster would read it as the type of the step's outputs
-        ledger, store = flokan_ledger.get_ledger(), flokan_images.get_store()
+    def _image_asset(context: dg.AssetExecutionContext, config: FlokanImageConfig):  # type: ignore[no-untyped-def]
+        # (no return annotation: Dagster would read it as the type of the step's outputs)
+        flokan = resource_keys.flokan_of(context.resources)
+        ledger = resource_keys.ledger_of(context.resources).get_ledger()
+        store = resource_keys.images_of(context.resources).get_store()
         skus = list(context.partition_keys)
         run_id = context.run.run_id
         table = load_catalog(catalog_path, mapping, table=catalog_table)
         plan = plan_batch(
-            skus, table, ledger=ledger, store=store, asset=name, run_id=run_id,
+            skus, table, ledger=ledger, store=store, asset=asset_name, run_id=run_id,
             upstream=upstream_key.to_user_string() if upstream_key else None, force=config.force,
             run_is_live=lambda other: _run_is_live(context.instance, other),
         )  # fmt: skip
@@ -148,7 +184,7 @@ def build_flokan_image_asset(
             for outcome in plan.settled:
                 yield outcome
             async with flokan.get_async_client() as client:
-                decision = await enforce_budget(client, ledger, plan.tasks, limits, asset=name, run_id=run_id)
+                decision = await enforce_budget(client, ledger, plan.tasks, limits, asset=asset_name, run_id=run_id)
                 for outcome in decision.rejected:
                     yield outcome
                 log("info", f"{len(plan.tasks)} SKU(s) to process, estimated at up to {decision.estimated_credits} credits")
@@ -157,7 +193,7 @@ def build_flokan_image_asset(
                     for task in plan.tasks:
                         yield SkuOutcome(task.spec.sku, "failed", error=decision.refusal)
                     return
-                runner = BatchRunner(client=client, ledger=ledger, store=store, asset=name, run_id=run_id,
+                runner = BatchRunner(client=client, ledger=ledger, store=store, asset=asset_name, run_id=run_id,
                                      settle=settle, log=log)  # fmt: skip
                 async for outcome in runner.run(plan.tasks):
                     yield outcome
@@ -171,20 +207,56 @@ def build_flokan_image_asset(
             outcomes.append(item)
             _log_progress(context, len(outcomes), len(skus), item)
             if item.kind != "failed":
-                yield sku_materialization(key, item)
+                yield sku_materialization(asset_key, item)
         ledger.flush_spool()
-        yield _image_check(key, outcomes, expected_format, expected_size)
-        yield _credits_check(key, outcomes)
+        yield _image_check(asset_key, outcomes, expected_format, expected_size)
+        yield _credits_check(asset_key, outcomes)
         failed = [o for o in outcomes if o.kind == "failed"]
         if failed:
             raise dg.Failure(
                 description=f"{len(failed)} of {len(skus)} SKU(s) failed:\n"
                 + "\n".join(f"- {o.sku}: {o.error}" for o in failed),
-                metadata={"failed_skus": dg.MetadataValue.json({o.sku: o.error for o in failed})},
+                metadata={f"{METADATA_PREFIX}failed_skus": dg.MetadataValue.json({o.sku: o.error for o in failed})},
                 allow_retries=False,
             )
 
     return _image_asset
+
+
+def _shape_spec(
+    spec: dg.AssetSpec,
+    *,
+    key: dg.AssetKey | str | Sequence[str] | None,
+    key_prefix: str | Sequence[str] | None,
+    group_name: str | None,
+    owners: Sequence[str] | None,
+    tags: Mapping[str, str] | None,
+    description: str | None,
+    metadata: Mapping[str, Any] | None,
+    automation_condition: dg.AutomationCondition | None,
+) -> dg.AssetSpec:
+    """The translator's spec with the factory's explicit arguments applied over it."""
+    replace: dict[str, Any] = {}
+    if key is not None:
+        replace["key"] = dg.AssetKey.from_coercible(key) if not isinstance(key, str) else dg.AssetKey.from_user_string(key)
+    if key_prefix is not None:
+        replace["key"] = replace.get("key", spec.key).with_prefix(key_prefix)
+    if group_name is not None:
+        replace["group_name"] = group_name
+    if description is not None:
+        replace["description"] = description
+    if automation_condition is not None:
+        replace["automation_condition"] = automation_condition
+    merge: dict[str, Any] = {}
+    if owners:
+        merge["owners"] = list(owners)
+    if tags:
+        merge["tags"] = dict(tags)
+    if metadata:
+        merge["metadata"] = dict(metadata)
+    if replace:
+        spec = spec.replace_attributes(**replace)
+    return spec.merge_attributes(**merge) if merge else spec
 
 
 def _run_is_live(instance: dg.DagsterInstance, run_id: str) -> bool:
@@ -195,7 +267,9 @@ def _run_is_live(instance: dg.DagsterInstance, run_id: str) -> bool:
 def _key_of(upstream: dg.AssetsDefinition | dg.AssetKey | str) -> dg.AssetKey:
     if isinstance(upstream, dg.AssetsDefinition):
         return upstream.key
-    return dg.AssetKey.from_coercible(upstream)
+    if isinstance(upstream, str):
+        return dg.AssetKey.from_user_string(upstream)  # "shop/hero_images", as the ledger writes it
+    return upstream
 
 
 def _log_progress(context: dg.AssetExecutionContext, done: int, total: int, outcome: SkuOutcome) -> None:
@@ -215,7 +289,10 @@ def sku_materialization(key: dg.AssetKey, outcome: SkuOutcome) -> dg.AssetMateri
     """One SKU's materialization, with everything a person auditing the image needs.
 
     Shared by the asset (as each SKU finishes) and the reconciliation sensor (a job adopted
-    after an unknown outcome), so both show the same metadata.
+    after an unknown outcome), so both show the same metadata. Every key is under ``flokan/``.
+    ``flokan/credits`` is what this event spent (0 when an unchanged SKU's image is reused), so
+    summing it over events, as Dagster+ Insights does, gives the credits really spent;
+    ``flokan/job_credits`` is the charge of the job the image came from, repeated on reuse.
 
     Args:
         key: The image asset.
@@ -223,16 +300,17 @@ def sku_materialization(key: dg.AssetKey, outcome: SkuOutcome) -> dg.AssetMateri
     """
     record, stored = outcome.record, outcome.stored
     assert record is not None and stored is not None
-    metadata: dict[str, Any] = {
+    fields: dict[str, Any] = {
         "outcome": outcome.kind,
+        # This event's spend: sums correctly over events (0 when reused), unlike the job's charge.
+        "credits": dg.MetadataValue.int(outcome.credits_spent),
+        "job_credits": dg.MetadataValue.int(int(record.credits_consumed or 0)),
+        "estimated_credits": dg.MetadataValue.int(int(record.estimated_credits or 0)),
+        "process_calls": dg.MetadataValue.int(outcome.requests),
         "job_id": record.job_id or "",
         "status": record.status,
         "model_tier": record.model_tier or "",
         "provider_used": rules.provider_name(record.provider_used) or "",  # "platform", as in the report
-        "credits_consumed": dg.MetadataValue.int(int(record.credits_consumed or 0)),
-        "credits_spent_this_run": dg.MetadataValue.int(outcome.credits_spent),
-        "process_calls_this_run": dg.MetadataValue.int(outcome.requests),
-        "estimated_credits": dg.MetadataValue.int(int(record.estimated_credits or 0)),
         "processing_ms": dg.MetadataValue.int(int(record.processing_ms or 0)),
         "seconds": dg.MetadataValue.float(round(outcome.seconds, 3)),
         "result_url": dg.MetadataValue.url(record.result_url or ""),
@@ -245,6 +323,7 @@ def sku_materialization(key: dg.AssetKey, outcome: SkuOutcome) -> dg.AssetMateri
         "path": dg.MetadataValue.path(str(stored.path)),
         "thumbnail": dg.MetadataValue.md(f"![{outcome.sku}]({thumbnail_data_uri(stored.path.read_bytes())})"),
     }
+    metadata = {METADATA_PREFIX + name: value for name, value in fields.items()}
     return dg.AssetMaterialization(asset_key=key, partition=outcome.sku, metadata=metadata)
 
 
@@ -270,7 +349,7 @@ def _image_check(
         asset_key=key,
         check_name=CHECK_IMAGE,
         passed=not problems,
-        metadata={"checked": checked, "problems": dg.MetadataValue.json(problems)},
+        metadata={f"{METADATA_PREFIX}checked": checked, f"{METADATA_PREFIX}problems": dg.MetadataValue.json(problems)},
     )
 
 
@@ -289,5 +368,5 @@ def _credits_check(key: dg.AssetKey, outcomes: list[SkuOutcome]) -> dg.AssetChec
         check_name=CHECK_CREDITS,
         passed=not over,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"checked": checked, "over_estimate": dg.MetadataValue.json(over)},
+        metadata={f"{METADATA_PREFIX}checked": checked, f"{METADATA_PREFIX}over_estimate": dg.MetadataValue.json(over)},
     )

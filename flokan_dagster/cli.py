@@ -41,6 +41,7 @@ from flokan_dagster.assets import SKU_PARTITIONS, progress_logger
 from flokan_dagster.batch import SkuOutcome
 from flokan_dagster.catalog import load_catalog, partition_changes
 from flokan_dagster.demo import (
+    CATALOG_ASSET,
     HERO_MAPPING,
     IMAGE_ASSETS,
     DemoSettings,
@@ -172,6 +173,11 @@ def materialize(args: argparse.Namespace) -> int:
     progress_logger.addHandler(progress)
     progress_logger.setLevel(logging.INFO)
     try:
+        # The validated catalog snapshot first: the image assets' upstream, as in the lineage graph.
+        defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            run_config=console_log_level(log_level), instance=instance,
+            asset_selection=[dg.AssetKey(CATALOG_ASSET)], raise_on_error=False,
+        )  # fmt: skip
         materialize_skus(defs, instance, assets, skus, partitions_name=SKU_PARTITIONS.name, batch_size=args.batch_size,
                          run_config={"force": True} if args.force else None, log_level=log_level,
                          on_result=on_result, keep_results=False)  # fmt: skip

@@ -1,4 +1,4 @@
-"""The demo pipeline: catalog -> hero images -> lifestyle variants -> cost report and gallery.
+"""The demo pipeline: product_catalog -> hero images -> lifestyle variants -> cost report and gallery.
 
 Configured by the environment:
 
@@ -27,7 +27,8 @@ import dagster as dg
 
 from flokan_dagster.api import rules
 from flokan_dagster.assets import build_flokan_image_asset
-from flokan_dagster.catalog import CatalogMapping, load_catalog
+from flokan_dagster.catalog import CatalogMapping
+from flokan_dagster.catalog_asset import build_flokan_catalog_asset
 from flokan_dagster.gallery import build_gallery_asset
 from flokan_dagster.report import build_cost_report_asset
 from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
@@ -121,36 +122,12 @@ class DemoSettings:
         return cls(emulator.api_key, emulator.base_url, data_dir, catalog, DEMO_STYLE_ID, uses_emulator=True)
 
 
-def build_catalog_asset(catalog: Path, mapping: CatalogMapping) -> dg.AssetsDefinition:
-    """An asset that validates the catalog and shows its SKUs and its bad rows."""
-
-    @dg.asset(name="product_catalog", group_name="flokan", kinds={"csv"},
-              description=f"The product catalog {catalog.name}, validated row by row.")  # fmt: skip
-    def _catalog() -> dg.MaterializeResult:
-        parsed = load_catalog(catalog, mapping)
-        problems = [*parsed.problems.values(), *parsed.unkeyed]
-        table = "\n".join(f"| {p.sku} | {p.row_number} | {p.column} | {p.rule} |" for p in problems)
-        return dg.MaterializeResult(
-            metadata={
-                "skus": dg.MetadataValue.int(len(parsed.partition_keys)),
-                "valid_rows": dg.MetadataValue.int(len(parsed.specs)),
-                "invalid_rows": dg.MetadataValue.int(len(problems)),
-                "problems": dg.MetadataValue.md("| sku | row | column | rule |\n|---|---|---|---|\n" + table)
-                if problems
-                else dg.MetadataValue.md("No problems."),
-                "path": dg.MetadataValue.path(str(catalog)),
-            }
-        )
-
-    return _catalog
-
-
 def build_demo_definitions(settings: DemoSettings | None = None) -> dg.Definitions:
     """The whole demo: assets, resources, the reconciliation and catalog-sync sensors, the refresh schedule."""
     settings = settings or DemoSettings.from_env()
-    catalog_asset = build_catalog_asset(settings.catalog, HERO_MAPPING)
+    catalog_asset = build_flokan_catalog_asset(settings.catalog, HERO_MAPPING)
     hero = build_flokan_image_asset(
-        "hero_images", catalog=settings.catalog, mapping=HERO_MAPPING,
+        "hero_images", catalog=settings.catalog, mapping=HERO_MAPPING, catalog_asset=catalog_asset,
         description="A studio hero image per SKU (an edit of the supplier photo when there is one).",
     )  # fmt: skip
     lifestyle = build_flokan_image_asset(
@@ -159,6 +136,7 @@ def build_demo_definitions(settings: DemoSettings | None = None) -> dg.Definitio
         mapping=CatalogMapping(prompt_template="The {title} in a bright, modern home", model_tier="standard",
                                style_id=settings.style_id),  # fmt: skip
         upstream=hero,
+        catalog_asset=catalog_asset,
         description="A lifestyle variant per SKU: a chained edit of its hero image with a style preset.",
     )
     report = build_cost_report_asset(deps=[hero, lifestyle])
@@ -207,3 +185,4 @@ def image_store_resource(data_dir: Path) -> ImageStoreResource:
 
 
 IMAGE_ASSETS = ("hero_images", "lifestyle_images")
+CATALOG_ASSET = "product_catalog"

@@ -15,7 +15,8 @@ import dagster as dg
 from PIL import Image, ImageDraw
 
 from flokan_dagster.ledger import cost_summary, render_markdown
-from flokan_dagster.resource import FlokanLedgerResource
+from flokan_dagster.resource import FlokanResourceKeys
+from flokan_dagster.translator import METADATA_PREFIX
 
 _BAR_COLORS = [(52, 101, 164), (115, 210, 22), (245, 121, 0), (117, 80, 123), (204, 0, 0), (193, 125, 17)]
 
@@ -56,7 +57,7 @@ def report_metadata(summary: dict[str, Any]) -> dict[str, Any]:
     by_origin = summary.get("by_origin", {})
     chart = base64.b64encode(render_chart(summary)).decode("ascii")
     estimate = summary.get("estimate_vs_actual", {"estimated": 0, "actual": 0})
-    return {
+    fields = {
         "report": dg.MetadataValue.md(render_markdown(summary)),
         "chart": dg.MetadataValue.md(f"![credits](data:image/png;base64,{chart})"),
         "total_credits": dg.MetadataValue.int(int(summary["credits"])),
@@ -70,30 +71,75 @@ def report_metadata(summary: dict[str, Any]) -> dict[str, Any]:
         "charged_credits_completed": dg.MetadataValue.int(int(estimate["actual"])),
         "spooled_events": dg.MetadataValue.int(int(summary.get("spooled_events", 0))),
     }
+    return {METADATA_PREFIX + name: value for name, value in fields.items()}
+
+
+def refresh_after_images() -> dg.AutomationCondition:
+    """The cost report's default automation: refresh once image materializations land.
+
+    True when any image asset (any SKU partition, from a run, a backfill or the reconciliation
+    sensor's adoptions) was updated since the report was last requested or updated, and neither
+    an image asset nor the report is in progress: a backfill refreshes the report once, when its
+    runs are done, not once per run. The automation condition sensor (on by default, needing the
+    Dagster daemon) evaluates it.
+
+    Example:
+        >>> refresh_after_images().get_label()
+        'refresh after image materializations'
+    """
+    return (
+        dg.AutomationCondition.any_deps_updated().since_last_handled()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("refresh after image materializations")
 
 
 def build_cost_report_asset(
     name: str = "flokan_cost_report",
     *,
     deps: Sequence[dg.AssetsDefinition | dg.AssetKey | str] = (),
+    key: dg.AssetKey | str | Sequence[str] | None = None,
     group_name: str = "flokan",
+    owners: Sequence[str] | None = None,
+    tags: dict[str, str] | None = None,
+    automation_condition: dg.AutomationCondition | None = None,
+    refresh_automatically: bool = True,
     top_skus: int = 20,
     days: int = 14,
+    resource_keys: FlokanResourceKeys = FlokanResourceKeys(),
 ) -> dg.AssetsDefinition:
     """Make the cost report asset over the ledger (every origin: Dagster, reconciled, external).
 
     Args:
-        name: Asset name.
-        deps: The image assets it reports on (for lineage; the figures cover the whole ledger).
+        name: Asset name (its key unless ``key`` is given).
+        deps: The image assets it reports on (for lineage and automation; the figures cover the
+            whole ledger).
+        key: The asset key, e.g. ``["shop", "flokan_cost_report"]``.
         group_name: Asset group.
+        owners: Asset owners.
+        tags: Asset tags.
+        automation_condition: When Dagster refreshes the report (default
+            :func:`refresh_after_images`).
+        refresh_automatically: False for no automation condition at all.
         top_skus: SKUs listed in the report, by credits.
         days: Recent UTC days listed.
+        resource_keys: The ledger resource's key is ``resource_keys.ledger``.
     """
+    if key is None:
+        asset_key = dg.AssetKey(name)
+    elif isinstance(key, str):
+        asset_key = dg.AssetKey.from_user_string(key)
+    else:
+        asset_key = dg.AssetKey.from_coercible(key)
+    condition = (automation_condition or refresh_after_images()) if refresh_automatically else None
+    dep_keys = [dep.key if isinstance(dep, dg.AssetsDefinition) else
+                dg.AssetKey.from_user_string(dep) if isinstance(dep, str) else dep for dep in deps]  # fmt: skip
 
-    @dg.asset(name=name, deps=list(deps), group_name=group_name, kinds={"duckdb"},
+    @dg.asset(key=asset_key, deps=dep_keys, group_name=group_name, kinds={"duckdb"}, owners=owners, tags=tags,
+              automation_condition=condition, required_resource_keys={resource_keys.ledger},
               description="Credits spent with Flokan, from the DuckDB ledger.")  # fmt: skip
-    def _cost_report(context: dg.AssetExecutionContext, flokan_ledger: FlokanLedgerResource) -> dg.MaterializeResult:
-        ledger = flokan_ledger.get_ledger()
+    def _cost_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        ledger = resource_keys.ledger_of(context.resources).get_ledger()
         waiting = ledger.flush_spool()
         if waiting:
             context.log.warning(f"{waiting} ledger write(s) still wait in the spool; the report omits them")

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,41 @@ class ImageStoreResource(dg.ConfigurableResource):
     def get_store(self) -> ImageStore:
         """The image store."""
         return ImageStore(self.directory, storage_options=self.storage_options or None)
+
+
+@dataclass(frozen=True)
+class FlokanResourceKeys:
+    """The resource keys a pipeline's assets, sensors and schedule use.
+
+    The defaults suit one pipeline per code location; a second pipeline (a second
+    ``FlokanImagesComponent``) needs its own keys, since Dagster allows one definition per key.
+
+    Example:
+        >>> FlokanResourceKeys.prefixed("outdoor").ledger
+        'outdoor_flokan_ledger'
+    """
+
+    flokan: str = "flokan"
+    ledger: str = "flokan_ledger"
+    images: str = "flokan_images"
+
+    @classmethod
+    def prefixed(cls, prefix: str) -> FlokanResourceKeys:
+        """Keys ``<prefix>_flokan``, ``<prefix>_flokan_ledger`` and ``<prefix>_flokan_images``."""
+        return cls(f"{prefix}_flokan", f"{prefix}_flokan_ledger", f"{prefix}_flokan_images")
+
+    def all(self) -> set[str]:
+        """The three keys."""
+        return {self.flokan, self.ledger, self.images}
+
+    def flokan_of(self, resources: Any) -> FlokanResource:
+        """The API resource among a context's ``resources``."""
+        return getattr(resources, self.flokan)
+
+    def ledger_of(self, resources: Any) -> FlokanLedgerResource:
+        """The ledger resource among a context's ``resources``."""
+        return getattr(resources, self.ledger)
+
+    def images_of(self, resources: Any) -> ImageStoreResource:
+        """The image store resource among a context's ``resources``."""
+        return getattr(resources, self.images)

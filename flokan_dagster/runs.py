@@ -77,7 +77,7 @@ def materialize_skus(
     results = []
     job = defs.resolve_implicit_global_asset_job_def()
     for asset in assets:
-        key = dg.AssetKey.from_coercible(asset)
+        key = dg.AssetKey.from_user_string(asset) if isinstance(asset, str) else asset
         config: dict[str, Any] = console_log_level(log_level)
         if run_config:
             config["ops"] = {key.to_python_identifier(): {"config": run_config}}

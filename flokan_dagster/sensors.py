@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -45,16 +46,59 @@ from flokan_dagster.batch import SkuOutcome
 from flokan_dagster.catalog import Catalog, CatalogMapping, load_catalog, partition_changes
 from flokan_dagster.ledger import CreditLedger
 from flokan_dagster.reconcile import FailedSku, ReconcileResult, ReconcileSettings, reconcile
-from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
+from flokan_dagster.resource import FlokanResourceKeys
 from flokan_dagster.runs import RANGE_END_TAG, RANGE_START_TAG, sku_ranges
 
 AssetRef = dg.AssetsDefinition | dg.AssetKey | str
 
 # Dagster's documented run tag for a single-partition run.
 PARTITION_TAG = "dagster/partition"
-# Sensor and schedule ticks must end well within Dagster's 60 s: a ledger locked longer than this
-# fails that tick only (the next one tries again), rather than the tick being cut off.
-TICK_READ_TIMEOUT_S = 20.0
+# Dagster's default limit of a sensor or schedule evaluation (its gRPC call), in seconds.
+DEFAULT_TICK_TIMEOUT_S = 60.0
+
+
+def tick_timeout_s(kind: str = "sensor") -> float:
+    """How long Dagster waits for a sensor (or schedule) evaluation before giving up on the tick.
+
+    Read as Dagster reads it: ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`` (or
+    ``DAGSTER_SCHEDULE_GRPC_TIMEOUT_SECONDS``), else ``DAGSTER_GRPC_TIMEOUT_SECONDS``, else 60.
+
+    Example:
+        >>> tick_timeout_s() if "DAGSTER_GRPC_TIMEOUT_SECONDS" not in os.environ else 60.0  # doctest: +SKIP
+        60.0
+    """
+    for variable in (f"DAGSTER_{kind.upper()}_GRPC_TIMEOUT_SECONDS", "DAGSTER_GRPC_TIMEOUT_SECONDS"):
+        value = os.environ.get(variable)
+        if value:
+            try:
+                seconds = float(value)
+            except ValueError:
+                raise ValueError(f"{variable}={value!r} is not a number of seconds") from None
+            if seconds <= 0:
+                raise ValueError(f"{variable}={value!r} must be positive")
+            return seconds
+    return DEFAULT_TICK_TIMEOUT_S
+
+
+def tick_read_timeout_s(kind: str = "sensor") -> float:
+    """How long a tick waits for a locked ledger: a third of the tick's limit.
+
+    A ledger locked longer fails that tick only (the next one tries again), rather than the tick
+    being cut off by Dagster.
+    """
+    return tick_timeout_s(kind) / 3
+
+
+def tick_settings(settings: ReconcileSettings | None = None) -> ReconcileSettings:
+    """The reconciliation settings of a tick: ``settings``, or a budget of two thirds of the tick's limit.
+
+    Example:
+        >>> tick_settings(ReconcileSettings(budget_s=10)).budget_s
+        10
+    """
+    if settings is not None:
+        return settings
+    return ReconcileSettings(budget_s=tick_timeout_s("sensor") * 2 / 3)
 _ACTIVE_RUN_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -67,11 +111,12 @@ def build_flokan_reconciliation_sensor(
     assets: Sequence[AssetRef] = (),
     *,
     name: str = "flokan_reconciliation",
-    settings: ReconcileSettings = ReconcileSettings(),
+    settings: ReconcileSettings | None = None,
     rerun_failed: bool = False,
     max_reruns: int = 2,
     minimum_interval_seconds: int = 60,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    resource_keys: FlokanResourceKeys = FlokanResourceKeys(),
 ) -> dg.SensorDefinition:
     """Make the sensor that reconciles ``GET /jobs`` with the credit ledger each tick.
 
@@ -83,12 +128,15 @@ def build_flokan_reconciliation_sensor(
     Args:
         assets: The image assets; required for re-runs (a re-run targets the failed SKU's asset).
         name: Sensor name.
-        settings: Paging, overlap and time budget of a tick.
+        settings: Paging, overlap and time budget of a tick (default: a budget of two thirds of
+            Dagster's sensor timeout, ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`` or
+            ``DAGSTER_GRPC_TIMEOUT_SECONDS``, 60 s unless set; read when the tick runs).
         rerun_failed: Request a run of each SKU whose latest attempt failed since the last tick.
         max_reruns: Re-run a SKU while it has at most this many failed attempts; each request's
             ``run_key`` is ``<asset>:<sku>:<failed attempts>``, so one is made per failure.
         minimum_interval_seconds: Seconds between ticks.
         default_status: Whether the sensor starts running when deployed.
+        resource_keys: Keys of the resources it uses.
 
     Returns:
         The sensor; it needs the ``flokan``, ``flokan_ledger`` and ``flokan_images`` resources.
@@ -109,23 +157,22 @@ def build_flokan_reconciliation_sensor(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         target=keys or None,
+        required_resource_keys=resource_keys.all(),
         description="Reconciles Flokan's GET /jobs with the credit ledger: external jobs, unknown outcomes, credits.",
     )
-    def _reconciliation_sensor(
-        context: dg.SensorEvaluationContext,
-        flokan: FlokanResource,
-        flokan_ledger: FlokanLedgerResource,
-        flokan_images: ImageStoreResource,
-    ) -> dg.SensorResult:
+    def _reconciliation_sensor(context: dg.SensorEvaluationContext, **_resources: object) -> dg.SensorResult:
+        # (a direct call, as in tests, also passes the resources by key; they are read from the context)
+        tick = tick_settings(settings)
+        flokan = resource_keys.flokan_of(context.resources)
         # A long Retry-After or a hung read must end the tick (progress kept), not hold it past its budget.
         bounded = flokan.model_copy(update={
-            "max_total_wait_s": min(flokan.max_total_wait_s, settings.reserve_s),
-            "read_timeout_s": min(flokan.read_timeout_s, settings.budget_s / 4),
+            "max_total_wait_s": min(flokan.max_total_wait_s, tick.reserve_s),
+            "read_timeout_s": min(flokan.read_timeout_s, tick.budget_s / 4),
         })  # fmt: skip
         with bounded.get_client() as client:
             result = reconcile(
-                client, flokan_ledger.get_ledger(read_timeout_s=settings.budget_s / 4), flokan_images.get_store(),
-                context.cursor, settings, log=context.log,
+                client, resource_keys.ledger_of(context.resources).get_ledger(read_timeout_s=tick.budget_s / 4),
+                resource_keys.images_of(context.resources).get_store(), context.cursor, tick, log=context.log,
             )
         context.log.info(f"Flokan reconciliation: {result.summary.describe()}")
         for failed in result.failed:
@@ -199,6 +246,7 @@ def build_flokan_catalog_sensor(
     name: str = "flokan_catalog_sync",
     minimum_interval_seconds: int = 60,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    resource_keys: FlokanResourceKeys = FlokanResourceKeys(),
 ) -> dg.SensorDefinition:
     """Make the sensor that keeps the SKU partitions equal to the catalog and runs new or changed SKUs.
 
@@ -237,9 +285,11 @@ def build_flokan_catalog_sensor(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         target=keys,
+        required_resource_keys={resource_keys.ledger},
         description=f"Syncs the SKU partitions with {Path(catalog).name} and runs new or changed SKUs.",
     )
-    def _catalog_sensor(context: dg.SensorEvaluationContext, flokan_ledger: FlokanLedgerResource) -> dg.SensorResult | dg.SkipReason:
+    def _catalog_sensor(context: dg.SensorEvaluationContext, **_resources: object) -> dg.SensorResult | dg.SkipReason:
+        flokan_ledger = resource_keys.ledger_of(context.resources)
         state = _CatalogCursor.decode(context.cursor, context.log)
         digest = catalog_digest(catalog, catalog_table)
         if digest == state.digest:
@@ -250,7 +300,7 @@ def build_flokan_catalog_sensor(
         added, deleted = partition_changes(table.partition_keys, existing)
         ordered = [key for key in existing if key not in set(deleted)] + added
         busy = skus_in_active_runs(context.instance, ordered, keys)
-        stale = [sku for sku in stale_skus(table, flokan_ledger.get_ledger(read_timeout_s=TICK_READ_TIMEOUT_S), root)
+        stale = [sku for sku in stale_skus(table, flokan_ledger.get_ledger(read_timeout_s=tick_read_timeout_s("sensor")), root)
                  if sku not in busy]  # fmt: skip
         ranges = sku_ranges(ordered, stale, batch_size)
         prefix = f"catalog:{digest[:12]}:{state.ticks}"
@@ -285,6 +335,7 @@ def build_flokan_refresh_schedule(
     max_runs_per_tick: int = 400,
     name: str = "flokan_refresh",
     default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
+    resource_keys: FlokanResourceKeys = FlokanResourceKeys(),
 ) -> dg.ScheduleDefinition:
     """Make a schedule that requests, in batched runs, only the stale SKUs of the partitions.
 
@@ -321,16 +372,16 @@ def build_flokan_refresh_schedule(
         execution_timezone=execution_timezone,
         default_status=default_status,
         target=keys,
+        required_resource_keys={resource_keys.ledger},
         description=f"Regenerates the SKUs of {Path(catalog).name} whose inputs changed since their last image.",
     )
-    def _refresh_schedule(
-        context: dg.ScheduleEvaluationContext, flokan_ledger: FlokanLedgerResource
-    ) -> list[dg.RunRequest] | dg.SkipReason:
+    def _refresh_schedule(context: dg.ScheduleEvaluationContext, **_resources: object) -> list[dg.RunRequest] | dg.SkipReason:
+        flokan_ledger = resource_keys.ledger_of(context.resources)
         table = load_catalog(catalog, mapping, table=catalog_table)
         ordered = context.instance.get_dynamic_partitions(partitions_def.name)
         partitions = set(ordered)
         busy = skus_in_active_runs(context.instance, ordered, keys)
-        ledger = flokan_ledger.get_ledger(read_timeout_s=TICK_READ_TIMEOUT_S)
+        ledger = flokan_ledger.get_ledger(read_timeout_s=tick_read_timeout_s("schedule"))
         stale = [s for s in stale_skus(table, ledger, root) if s in partitions and s not in busy]
         if not stale:
             return dg.SkipReason(f"no stale SKU among {len(partitions)} partition(s)")
@@ -441,4 +492,7 @@ def _keys_of(assets: Sequence[AssetRef]) -> list[dg.AssetKey]:
 
 
 def _key_of(asset: AssetRef) -> dg.AssetKey:
-    return asset.key if isinstance(asset, dg.AssetsDefinition) else dg.AssetKey.from_coercible(asset)
+    if isinstance(asset, dg.AssetsDefinition):
+        return asset.key
+    # A string is the full key as the ledger writes it ("shop/hero_images").
+    return dg.AssetKey.from_user_string(asset) if isinstance(asset, str) else asset

@@ -118,14 +118,14 @@ def test_batch_of_20_with_three_bad_skus(tmp_path: Path, admin: Admin, workspace
     assert admin.hits("POST /process") == hits + 19  # the invalid row never reached the API
 
     metadata = materialized["SKU-00"].metadata
-    assert metadata["credits_consumed"].value == 20 and isinstance(metadata["credits_consumed"].value, int)
-    assert metadata["process_calls_this_run"].value == 1
+    assert metadata["flokan/job_credits"].value == 20 and isinstance(metadata["flokan/job_credits"].value, int)
+    assert metadata["flokan/process_calls"].value == 1
     for name in ("job_id", "model_tier", "provider_used", "processing_ms", "result_image_id", "fingerprint",
                  "width", "height", "bytes", "sha256"):  # fmt: skip
-        assert name in metadata, name
-    assert metadata["result_url"].value.startswith("http://127.0.0.1")
-    assert "data:image/jpeg;base64," in metadata["thumbnail"].value
-    assert Path(metadata["path"].value).is_file()
+        assert f"flokan/{name}" in metadata, name
+    assert metadata["flokan/result_url"].value.startswith("http://127.0.0.1")
+    assert "data:image/jpeg;base64," in metadata["flokan/thumbnail"].value
+    assert Path(metadata["flokan/path"].value).is_file()
 
     deducted = workspace.info()["credits_deducted"]
     assert deducted == 17 * 20
@@ -141,8 +141,8 @@ def test_batch_of_20_with_three_bad_skus(tmp_path: Path, admin: Admin, workspace
     assert admin.hits("POST /process") == hits
     assert workspace.info()["credits_deducted"] == deducted
     reused = pipeline.materialized("hero_images").values()
-    assert {m.metadata["outcome"].value for m in reused} == {"reused"}
-    assert {m.metadata["process_calls_this_run"].value for m in reused} == {0}
+    assert {m.metadata["flokan/outcome"].value for m in reused} == {"reused"}
+    assert {m.metadata["flokan/process_calls"].value for m in reused} == {0}
 
 
 def test_force_regenerates(tmp_path: Path, admin: Admin, workspace: Workspace) -> None:
@@ -159,11 +159,11 @@ def test_changed_row_is_regenerated_and_missing_image_downloaded_again(tmp_path:
     pipeline.run("hero_images", ["SKU-00", "SKU-01", "SKU-02"])
     rows[1]["color"] = "green"
     write_catalog(pipeline.catalog, rows)
-    Path(pipeline.materialized("hero_images")["SKU-02"].metadata["path"].value).unlink()
+    Path(pipeline.materialized("hero_images")["SKU-02"].metadata["flokan/path"].value).unlink()
     hits, deducted = admin.hits("POST /process"), workspace.info()["credits_deducted"]
     [result] = pipeline.run("hero_images", ["SKU-00", "SKU-01", "SKU-02"])
     assert result.success
-    outcomes = {k: m.metadata["outcome"].value for k, m in pipeline.materialized("hero_images").items()}
+    outcomes = {k: m.metadata["flokan/outcome"].value for k, m in pipeline.materialized("hero_images").items()}
     assert outcomes == {"SKU-00": "reused", "SKU-01": "made", "SKU-02": "reused"}
     assert admin.hits("POST /process") == hits + 1
     assert workspace.info()["credits_deducted"] == deducted + 20
@@ -180,10 +180,10 @@ def test_chained_edit_uses_the_upstream_result_image_id(tmp_path: Path, admin: A
     hero, lifestyle = pipeline.materialized("hero_images"), pipeline.materialized("lifestyle_images")
     with pipeline.client() as client:
         for sku in ("SKU-00", "SKU-01"):
-            job = client.get_job(lifestyle[sku].metadata["job_id"].value)
-            assert job.image_id == hero[sku].metadata["result_image_id"].value
+            job = client.get_job(lifestyle[sku].metadata["flokan/job_id"].value)
+            assert job.image_id == hero[sku].metadata["flokan/result_image_id"].value
     assert admin.hits("POST /upload-url") == uploads
-    assert lifestyle["SKU-00"].metadata["sha256"].value != hero["SKU-00"].metadata["sha256"].value
+    assert lifestyle["SKU-00"].metadata["flokan/sha256"].value != hero["SKU-00"].metadata["flokan/sha256"].value
 
 
 def test_local_photo_is_uploaded_and_edited(tmp_path: Path, admin: Admin, workspace: Workspace) -> None:
@@ -193,7 +193,7 @@ def test_local_photo_is_uploaded_and_edited(tmp_path: Path, admin: Admin, worksp
     [result] = pipeline.run("hero_images", ["SKU-00"])
     assert result.success and admin.hits("POST /upload-url") == uploads + 1
     with pipeline.client() as client:
-        job = client.get_job(pipeline.materialized("hero_images")["SKU-00"].metadata["job_id"].value)
+        job = client.get_job(pipeline.materialized("hero_images")["SKU-00"].metadata["flokan/job_id"].value)
     assert job.image_id is not None
 
 
@@ -205,7 +205,7 @@ def test_dropped_connection_is_adopted_not_paid_twice(tmp_path: Path, admin: Adm
     assert result.success
     assert admin.hits("POST /process") == hits + 3
     adopted = pipeline.materialized("hero_images")["SKU-01"]
-    assert adopted.metadata["outcome"].value == "adopted"
+    assert adopted.metadata["flokan/outcome"].value == "adopted"
     [attempt] = pipeline.ledger.attempts_for(asset="hero_images", sku="SKU-01")
     assert attempt.origin == "reconciled" and attempt.status == "completed" and attempt.credits_consumed == 20
     assert workspace.info()["credits_deducted"] == ledger_credits(pipeline.ledger) == 60
@@ -226,7 +226,7 @@ def test_unknown_outcome_from_an_earlier_run_is_settled_before_paying(tmp_path: 
     hits = admin.hits("POST /process")
     [second] = pipeline.run("hero_images", ["SKU-00"])
     assert second.success and admin.hits("POST /process") == hits
-    assert pipeline.materialized("hero_images")["SKU-00"].metadata["outcome"].value == "adopted"
+    assert pipeline.materialized("hero_images")["SKU-00"].metadata["flokan/outcome"].value == "adopted"
     assert workspace.info()["credits_deducted"] == ledger_credits(pipeline.ledger) == 20
 
 
@@ -257,7 +257,7 @@ def test_byok_runs_skip_the_credit_check(tmp_path: Path, admin: Admin) -> None:
     )
     [result] = pipeline.run("hero_images", ["SKU-00", "SKU-01"])
     assert result.success
-    assert {m.metadata["provider_used"].value for m in pipeline.materialized("hero_images").values()} == {"fal"}
+    assert {m.metadata["flokan/provider_used"].value for m in pipeline.materialized("hero_images").values()} == {"fal"}
 
 
 def test_a_run_while_another_process_holds_the_ledger_loses_no_record(tmp_path: Path, admin: Admin, workspace: Workspace) -> None:

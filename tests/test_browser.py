@@ -156,14 +156,14 @@ def test_partition_page_shows_thumbnail_and_credits(
     sku = SKUS[0]
     try:
         browser.get(f"{webserver}/assets/hero_images?view=partitions&partition={sku}")
-        credits = metadata_row(browser, "credits_consumed")
+        credits = metadata_row(browser, "flokan/job_credits")
         assert credits.find_elements(By.TAG_NAME, "td")[1].text.strip() == str(STANDARD_CREDITS)
-        assert metadata_row(browser, "outcome").find_elements(By.TAG_NAME, "td")[1].text.strip() == "made"
+        assert metadata_row(browser, "flokan/outcome").find_elements(By.TAG_NAME, "td")[1].text.strip() == "made"
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", credits)
         browser.save_screenshot(str(ARTIFACTS / f"hero_images-{sku}-metadata.png"))
 
         # Markdown metadata opens in a dialog: the thumbnail is the base64 JPEG rendered there.
-        metadata_row(browser, "thumbnail").find_element(By.XPATH, ".//a[normalize-space()='[Show Markdown]']").click()
+        metadata_row(browser, "flokan/thumbnail").find_element(By.XPATH, ".//a[normalize-space()='[Show Markdown]']").click()
         thumbnail = WebDriverWait(browser, 20).until(
             expected_conditions.visibility_of_element_located(
                 (By.CSS_SELECTOR, f"img[alt='{sku}'][src^='data:image/jpeg;base64,']")

@@ -162,13 +162,13 @@ def test_demo_definitions_and_cost_report_asset(tmp_path: Path, workspace: Works
     catalog = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("product_catalog")])
     assert catalog.success
     [event] = catalog.asset_materializations_for_node("product_catalog")
-    assert event.metadata["skus"].value == 12 and event.metadata["invalid_rows"].value == 0
+    assert event.metadata["flokan/skus"].value == 12 and event.metadata["flokan/invalid_rows"].value == 0
 
     report = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("flokan_cost_report")])
     [event] = report.asset_materializations_for_node("flokan_cost_report")
-    assert event.metadata["total_credits"].value == 0
-    assert event.metadata["chart"].value.startswith("![credits](data:image/png;base64,")
-    assert event.metadata["report"].value.startswith("# Flokan credit report")
+    assert event.metadata["flokan/total_credits"].value == 0
+    assert event.metadata["flokan/chart"].value.startswith("![credits](data:image/png;base64,")
+    assert event.metadata["flokan/report"].value.startswith("# Flokan credit report")
 
 
 def test_local_emulator_is_started_once_and_found_again(tmp_path: Path) -> None:

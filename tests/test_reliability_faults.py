@@ -50,14 +50,14 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
 def run_outcomes(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], dict[str, str]]:
     """Per SKU of one run: the outcome it materialized with, and the failure reason named for it."""
     made = {
-        e.event_specific_data.materialization.partition: e.event_specific_data.materialization.metadata["outcome"].value  # type: ignore[union-attr]
+        e.event_specific_data.materialization.partition: e.event_specific_data.materialization.metadata["flokan/outcome"].value  # type: ignore[union-attr]
         for e in result.get_asset_materialization_events()
     }
     failed: dict[str, str] = {}
     for event in result.get_step_failure_events():
         data = event.step_failure_data.user_failure_data
         assert data is not None, f"a step failed without naming its SKUs: {event.step_failure_data.error}"
-        failed.update(data.metadata["failed_skus"].value)  # type: ignore[arg-type]
+        failed.update(data.metadata["flokan/failed_skus"].value)  # type: ignore[arg-type]
         for sku, reason in failed.items():
             assert f"- {sku}: {reason}" in (data.description or "")
     return made, failed  # type: ignore[return-value]
@@ -157,7 +157,7 @@ def test_100_skus_with_faults_never_pay_twice_nor_lose_a_record(tmp_path: Path, 
     # The rest paid at most once more each (a new job, or a new job whose answer was lost and adopted).
     spent = {
         e.event_specific_data.materialization.partition: e.event_specific_data.materialization.metadata[  # type: ignore[union-attr]
-            "credits_spent_this_run"
+            "flokan/credits"
         ].value
         for result in second
         for e in result.get_asset_materialization_events()

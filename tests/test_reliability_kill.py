@@ -122,8 +122,8 @@ def test_a_killed_run_loses_no_record_and_nothing_is_paid_twice(tmp_path: Path, 
     assert sorted(materialized) == skus
     paid_before = {a.sku for a in pipeline.ledger.attempts_for() if a.attempt_id in killed and a.credits_consumed}
     for sku, metadata in materialized.items():
-        spent = metadata["credits_spent_this_run"].value
-        assert spent == (0 if sku in paid_before else 20), (sku, metadata["outcome"].value)
+        spent = metadata["flokan/credits"].value
+        assert spent == (0 if sku in paid_before else 20), (sku, metadata["flokan/outcome"].value)
     if deducted is not None:
         assert workspace.info()["credits_deducted"] - deducted == 20 * (COUNT - len(paid_before))
     wait_for(lambda: not slow.call("GET", "/_emulator/stats")["jobs_in_flight"], 30, "in-flight jobs to finish")

@@ -68,7 +68,7 @@ def test_unreadable_process_answers_are_adopted_from_get_jobs_never_paid_twice(
     [result] = pipeline.run("hero_images", skus)
 
     assert result.success
-    outcomes = {sku: m.metadata["outcome"].value for sku, m in pipeline.materialized("hero_images").items()}
+    outcomes = {sku: m.metadata["flokan/outcome"].value for sku, m in pipeline.materialized("hero_images").items()}
     assert outcomes == {**{sku: "adopted" for sku in [*broken, "SKU-04"]}, "SKU-05": "made", "SKU-06": "made"}
     assert workspace.info()["jobs"] == 7  # one /process per SKU: nothing was paid twice
     records = pipeline.ledger.attempts_for(asset="hero_images")
@@ -157,7 +157,7 @@ def test_an_oversized_download_fails_the_sku_and_the_next_run_fetches_it_without
     pipeline.defs = dg.Definitions(assets=pipeline.defs.assets, resources=resources)  # type: ignore[arg-type]
     [again] = pipeline.run("hero_images", ["SKU-00", "SKU-01"])
     assert again.success and workspace.info()["jobs"] == 2
-    assert {m.metadata["outcome"].value for m in pipeline.materialized("hero_images").values()} == {"reused"}
+    assert {m.metadata["flokan/outcome"].value for m in pipeline.materialized("hero_images").values()} == {"reused"}
     with pipeline.client() as client:
         assert_ledger_pays_only_what_was_charged(pipeline.ledger, workspace, client)
 

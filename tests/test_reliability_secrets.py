@@ -314,7 +314,7 @@ def test_a_run_over_path_like_skus_writes_every_image_under_the_store(tmp_path: 
     [result] = materialize_skus(defs, instance, ["hero_images"], skus, partitions_name=SKU_PARTITIONS.name, batch_size=10)
     assert result.success
     records = instance.fetch_materializations(dg.AssetKey("hero_images"), limit=20).records
-    paths = {r.partition_key: Path(r.asset_materialization.metadata["path"].value) for r in records}  # type: ignore[union-attr]
+    paths = {r.partition_key: Path(r.asset_materialization.metadata["flokan/path"].value) for r in records}  # type: ignore[union-attr]
     assert sorted(paths) == sorted(skus)
     assert all(_inside(store_root, p) and p.is_file() for p in paths.values())
     assert len(set(paths.values())) == len(skus)

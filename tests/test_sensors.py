@@ -65,13 +65,13 @@ def test_reconciliation_tick_adopts_an_unknown_outcome_and_materializes_the_sku(
     [event] = result.asset_events
     assert isinstance(event, dg.AssetMaterialization)
     assert (event.asset_key, event.partition) == (dg.AssetKey("hero_images"), "SKU-00")
-    assert event.metadata["outcome"].value == "adopted" and event.metadata["credits_consumed"].value == 20
+    assert event.metadata["flokan/outcome"].value == "adopted" and event.metadata["flokan/job_credits"].value == 20
     assert result.run_requests == []
     cursor = ReconcileCursor.from_json(result.cursor or "")
     assert cursor.resume is None and cursor.newest is not None
 
     [again] = pipeline.run("hero_images", ["SKU-00"])
-    assert again.success and pipeline.materialized("hero_images")["SKU-00"].metadata["outcome"].value == "reused"
+    assert again.success and pipeline.materialized("hero_images")["SKU-00"].metadata["flokan/outcome"].value == "reused"
     assert admin.hits("POST /process") == hits  # adopted, never generated again
     assert workspace.info()["credits_deducted"] == sum(a.credits_consumed or 0 for a in pipeline.ledger.attempts_for()) == 40
     quiet = tick(pipeline, RECONCILE, result.cursor)
