@@ -214,7 +214,7 @@ def _unreported_failures(
             continue
         data = event.step_failure_data
         user = data.user_failure_data if data is not None else None
-        if user is not None and "failed_skus" in (user.metadata or {}):
+        if user is not None and "flokan/failed_skus" in (user.metadata or {}):
             continue  # each SKU's failure was printed as it happened
         error = data.error if data is not None else None
         where = event.step_key or key.to_user_string()

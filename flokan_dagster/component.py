@@ -55,7 +55,7 @@ from flokan_dagster.api import rules
 from flokan_dagster.assets import build_flokan_image_asset
 from flokan_dagster.catalog import CatalogMapping
 from flokan_dagster.catalog_asset import build_flokan_catalog_asset
-from flokan_dagster.report import build_cost_report_asset
+from flokan_dagster.report import build_automation_sensor, build_cost_report_asset
 from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, FlokanResourceKeys, ImageStoreResource
 from flokan_dagster.sensors import (
     build_flokan_catalog_sensor,
@@ -412,6 +412,13 @@ class FlokanImagesComponent(dg.Component, dg.Resolvable, dg.Model):
                 assets, name=f"{name}_catalog_sync", catalog=catalog, mapping=hero_mapping,
                 catalog_table=self.catalog_table, partitions_def=partitions, batch_size=self.batch_size,
                 resource_keys=keys,
+            ))  # fmt: skip
+        sensors.append(build_automation_sensor([report], name=f"{name}_cost_report_automation"))
+        if self.refresh == "automation":
+            # on_cron launches paid runs for changed SKUs: stopped until turned on, like the schedule.
+            sensors.append(build_automation_sensor(
+                [catalog_asset, *assets], name=f"{name}_refresh_automation", default_status=dg.DefaultSensorStatus.STOPPED,
+                description=f"Evaluates the on_cron ({self.refresh_cron}) conditions of the catalog and image assets.",
             ))  # fmt: skip
         schedules = []
         if self.refresh == "schedule":

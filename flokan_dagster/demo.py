@@ -30,7 +30,7 @@ from flokan_dagster.assets import build_flokan_image_asset
 from flokan_dagster.catalog import CatalogMapping
 from flokan_dagster.catalog_asset import build_flokan_catalog_asset
 from flokan_dagster.gallery import build_gallery_asset
-from flokan_dagster.report import build_cost_report_asset
+from flokan_dagster.report import build_automation_sensor, build_cost_report_asset
 from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
 from flokan_dagster.sensors import (
     build_flokan_catalog_sensor,
@@ -149,6 +149,8 @@ def build_demo_definitions(settings: DemoSettings | None = None) -> dg.Definitio
             # by default; the sensor and schedule that launch paid runs wait to be turned on.
             build_flokan_reconciliation_sensor([hero, lifestyle], default_status=dg.DefaultSensorStatus.RUNNING),
             build_flokan_catalog_sensor([hero, lifestyle], catalog=settings.catalog, mapping=HERO_MAPPING),
+            # The cost report refreshes itself after image materializations (a backfill from the UI included).
+            build_automation_sensor([report]),
         ],
         schedules=[
             build_flokan_refresh_schedule([hero, lifestyle], catalog=settings.catalog, mapping=HERO_MAPPING,

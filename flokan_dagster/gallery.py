@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 from flokan_dagster.image_store import ImageStore, is_remote_location, safe_name
 from flokan_dagster.ledger import CreditLedger
 from flokan_dagster.resource import FlokanLedgerResource, ImageStoreResource
+from flokan_dagster.translator import METADATA_PREFIX
 
 THUMB_PX = 240
 CELL_PX = 180
@@ -291,7 +292,7 @@ def build_gallery_asset(
     """
     names = [a.key.to_user_string() if isinstance(a, dg.AssetsDefinition) else str(a) for a in image_assets]
 
-    @dg.asset(name=name, deps=names, group_name=group_name, kinds={"html"},
+    @dg.asset(name=name, deps=[dg.AssetKey.from_user_string(n) for n in names], group_name=group_name, kinds={"html"},
               description="Every SKU's latest image per asset with its credits, status and failures: a static "
                           "HTML page and a contact-sheet PNG.")  # fmt: skip
     def _gallery(
@@ -312,8 +313,8 @@ def _default_directory(image_directory: str) -> Path:
 
 
 def gallery_metadata(gallery: Gallery) -> dict[str, dg.MetadataValue]:
-    """Dagster metadata for a written gallery: its paths, figures and a preview of the contact sheet."""
-    return {
+    """Dagster metadata for a written gallery: its paths, figures and a preview of the contact sheet (keys under ``flokan/``)."""
+    fields = {
         "path": dg.MetadataValue.path(str(gallery.index)),
         "url": dg.MetadataValue.url(gallery.index.as_uri()),
         "contact_sheet": dg.MetadataValue.path(str(gallery.contact_sheet)),
@@ -323,3 +324,4 @@ def gallery_metadata(gallery: Gallery) -> dict[str, dg.MetadataValue]:
         "failing_skus": dg.MetadataValue.int(gallery.failing),
         "credits": dg.MetadataValue.int(gallery.credits),
     }
+    return {METADATA_PREFIX + name: value for name, value in fields.items()}

@@ -80,8 +80,8 @@ def refresh_after_images() -> dg.AutomationCondition:
     True when any image asset (any SKU partition, from a run, a backfill or the reconciliation
     sensor's adoptions) was updated since the report was last requested or updated, and neither
     an image asset nor the report is in progress: a backfill refreshes the report once, when its
-    runs are done, not once per run. The automation condition sensor (on by default, needing the
-    Dagster daemon) evaluates it.
+    runs are done, not once per run. An automation condition sensor evaluates it
+    (:func:`build_automation_sensor`, running by default; the Dagster daemon runs sensors).
 
     Example:
         >>> refresh_after_images().get_label()
@@ -92,6 +92,30 @@ def refresh_after_images() -> dg.AutomationCondition:
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
     ).with_label("refresh after image materializations")
+
+
+def build_automation_sensor(
+    assets: Sequence[dg.AssetsDefinition | dg.AssetKey],
+    *,
+    name: str = "flokan_cost_report_automation",
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds: int = 30,
+    description: str = "Evaluates the cost report's automation condition: it refreshes after image materializations.",
+) -> dg.AutomationConditionSensorDefinition:
+    """The sensor that evaluates the automation conditions of ``assets`` (the daemon runs it).
+
+    Dagster's default automation condition sensor starts stopped; the cost report's refresh spends
+    nothing, so its own sensor starts running. Give image assets with ``on_cron`` conditions their
+    own sensor, stopped by default like the refresh schedule (it launches paid runs).
+
+    Example:
+        >>> build_automation_sensor([build_cost_report_asset()]).name
+        'flokan_cost_report_automation'
+    """
+    return dg.AutomationConditionSensorDefinition(
+        name, target=dg.AssetSelection.assets(*assets), default_status=default_status,
+        minimum_interval_seconds=minimum_interval_seconds, description=description,
+    )  # fmt: skip
 
 
 def build_cost_report_asset(

@@ -32,7 +32,8 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from flokan_dagster.demo import DEMO_CATALOG
+from flokan_dagster.catalog import load_catalog
+from flokan_dagster.demo import DEMO_CATALOG, HERO_MAPPING
 from tests.support import Admin, Workspace
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -205,4 +206,81 @@ def test_partition_page_shows_thumbnail_and_credits(
         assert workspace.api_key not in gallery.read_text()
     except BaseException:
         browser.save_screenshot(str(ARTIFACTS / "failure.png"))
+        raise
+
+
+@pytest.fixture
+def daemon(demo_env: dict[str, str], webserver: str) -> Iterator[None]:
+    """``dagster-daemon run`` on the same DAGSTER_HOME: it runs the backfill and the automation condition sensor."""
+    log = (ARTIFACTS / "dagster-daemon.log").open("w")
+    process = subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-w", str(PROJECT / "workspace.yaml")],
+        cwd=PROJECT, env=demo_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        _stop_group(process)
+        log.close()
+
+
+def _report_total(instance_home: str) -> int | None:
+    """The cost report's latest ``flokan/total_credits`` in the instance, or None before its first run."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(instance_home)
+    try:
+        event = instance.get_latest_materialization_event(dg.AssetKey("flokan_cost_report"))
+        if event is None or event.asset_materialization is None:
+            return None
+        return int(event.asset_materialization.metadata["flokan/total_credits"].value)  # type: ignore[arg-type]
+    finally:
+        instance.dispose()
+
+
+@pytest.mark.timeout(420)
+def test_a_backfill_launched_from_the_ui_refreshes_the_cost_report(
+    demo_env: dict[str, str], webserver: str, daemon: None, browser: webdriver.Chrome, workspace: Workspace
+) -> None:
+    # One SKU made and reported from the CLI: the report shows 20 credits.
+    command = [str(BIN / "flokan-dagster"), "materialize", "--asset", "hero_images", "--sku", SKUS[0]]
+    done = subprocess.run(command, env=demo_env, cwd=PROJECT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _report_total(demo_env["DAGSTER_HOME"]) == STANDARD_CREDITS
+    every_sku = STANDARD_CREDITS * len(load_catalog(demo_env["FLOKAN_CATALOG"], HERO_MAPPING).partition_keys)
+
+    try:
+        # Backfill every SKU of hero_images from the asset's page: the first is reused, the others are made.
+        browser.get(f"{webserver}/assets/hero_images")
+        materialize = WebDriverWait(browser, 60).until(expected_conditions.element_to_be_clickable(
+            (By.XPATH, "//button[.//span[normalize-space()='Materialize…' or normalize-space()='Materialize...'"
+                       " or normalize-space()='Materialize']]")))  # fmt: skip
+        materialize.click()
+        dialog = WebDriverWait(browser, 30).until(
+            expected_conditions.visibility_of_element_located((By.XPATH, "//div[@role='dialog']"))
+        )
+        browser.save_screenshot(str(ARTIFACTS / "backfill-dialog.png"))
+        dialog.find_element(By.XPATH, ".//button[normalize-space()='All']").click()
+        launch = WebDriverWait(dialog, 30).until(lambda d: next(
+            (b for b in d.find_elements(By.XPATH, ".//button[contains(normalize-space(), 'Launch')]") if b.is_enabled()),
+            False))  # fmt: skip
+        browser.save_screenshot(str(ARTIFACTS / "backfill-selected.png"))
+        launch.click()
+
+        # The daemon runs the backfill, then the automation condition sensor refreshes the report.
+        deadline = time.monotonic() + 300
+        while _report_total(demo_env["DAGSTER_HOME"]) != every_sku:
+            assert time.monotonic() < deadline, "the cost report was not refreshed within 300 s; see the daemon log"
+            time.sleep(2)
+        assert workspace.info()["credits_deducted"] == every_sku  # SKUS[0] reused, not paid again
+
+        browser.get(f"{webserver}/assets/flokan_cost_report")
+        total = metadata_row(browser, "flokan/total_credits")
+        # The overview's metadata table: key, when it was recorded, value.
+        WebDriverWait(browser, 60).until(lambda _: total.find_elements(By.TAG_NAME, "td")[-1].text.strip() == str(every_sku))
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", total)
+        browser.save_screenshot(str(ARTIFACTS / "cost-report-after-backfill.png"))
+        assert workspace.api_key not in browser.page_source
+    except BaseException:
+        browser.save_screenshot(str(ARTIFACTS / "backfill-failure.png"))
         raise

@@ -160,7 +160,11 @@ def test_two_instances_in_one_project_with_their_own_names_and_toggles(
                                          for suffix in ("flokan", "flokan_ledger", "flokan_images")}  # fmt: skip
     assert defs.resources["outdoor_flokan_ledger"].database == str(project / ".data" / "outdoor" / "ledger.duckdb")
     assert sorted(sensor.name for sensor in defs.sensors or []) == [
-        "outdoor_reconciliation", "product_images_catalog_sync", "product_images_reconciliation"]  # fmt: skip
+        "outdoor_cost_report_automation", "outdoor_reconciliation", "outdoor_refresh_automation",
+        "product_images_catalog_sync", "product_images_cost_report_automation", "product_images_reconciliation"]  # fmt: skip
+    statuses = {sensor.name: sensor.default_status for sensor in defs.sensors or []}
+    assert statuses["outdoor_refresh_automation"] == dg.DefaultSensorStatus.STOPPED  # it would launch paid runs
+    assert statuses["outdoor_cost_report_automation"] == dg.DefaultSensorStatus.RUNNING  # it spends nothing
     # refresh: automation replaces the schedule by an on_cron condition on the catalog and image assets.
     assert [schedule.name for schedule in defs.schedules or []] == ["product_images_refresh"]
     for name in ("outdoor/hero_images", "outdoor/product_catalog"):
@@ -248,7 +252,7 @@ def test_connection_strings_pass_through_and_names_derive_from_the_folder(tmp_pa
     assert defs.resources["shop_flokan_images"].directory == str(Path(context.project_root) / "images")
     assert {key.to_user_string() for key in defs.resolve_all_asset_keys()} == {
         "product_catalog", "hero_images", "flokan_cost_report"}  # fmt: skip
-    assert not defs.sensors and not defs.schedules
+    assert [sensor.name for sensor in defs.sensors or []] == ["shop_cost_report_automation"] and not defs.schedules
 
 
 def test_the_summary_shows_no_markup() -> None:
