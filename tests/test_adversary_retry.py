@@ -46,12 +46,12 @@ def outcomes_of(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], dict
     made: dict[str, str] = {}
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization  # type: ignore[union-attr]
-        made[materialization.partition] = materialization.metadata["outcome"].value  # type: ignore[index]
+        made[materialization.partition] = materialization.metadata["flokan/outcome"].value  # type: ignore[index]
     failed: dict[str, str] = {}
     for event in result.get_step_failure_events():
         data = event.step_failure_data.user_failure_data
         if data is not None and "failed_skus" in data.metadata:
-            failed.update(data.metadata["failed_skus"].value)  # type: ignore[arg-type]
+            failed.update(data.metadata["flokan/failed_skus"].value)  # type: ignore[arg-type]
     return made, failed
 
 

@@ -65,7 +65,7 @@ def test_materialize_then_report(demo_env: Path, workspace: Workspace, capsys: p
     instance = dg.DagsterInstance.from_config(str(home))
     event = instance.get_latest_materialization_event(dg.AssetKey("hero_images"))
     assert event is not None and event.asset_materialization is not None
-    assert event.asset_materialization.metadata["provider_used"].value == "platform"
+    assert event.asset_materialization.metadata["flokan/provider_used"].value == "platform"
 
     assert cli.main(["materialize", "--sku", "MUG-001"]) == 0
     assert "made 0, adopted 0, reused 2, failed 0; 0 credits spent" in capsys.readouterr().out
