@@ -90,8 +90,13 @@ class _Progress(logging.Handler):
         self.reported[asset] += 1
         state = outcome.kind if outcome.kind != "failed" else f"FAILED: {outcome.error}"
         width = len(str(self.total))
-        print(f"[{self.done:>{width}}/{self.total}] {asset:<16} {outcome.sku:<14} {outcome.seconds:6.1f}s "
-              f"{outcome.credits_spent:5d} credits  {state}", flush=True)  # fmt: skip
+        try:
+            print(f"[{self.done:>{width}}/{self.total}] {asset:<16} {outcome.sku:<14} {outcome.seconds:6.1f}s "
+                  f"{outcome.credits_spent:5d} credits  {state}", flush=True)  # fmt: skip
+        except BrokenPipeError:
+            # `materialize | head`: the runs go on (stopping mid-batch would leave paid work unrecorded
+            # in Dagster) and the exit code still tells; only the printing stops.
+            _silence_stdout()
 
 
 def instance_home() -> Path:
@@ -220,13 +225,21 @@ def _unreported_failures(
         where = event.step_key or key.to_user_string()
         if sku_range is not None:
             where += f" ({sku_range[0]}..{sku_range[1]})"
-        reason = (user.description if user is not None and user.description else None) or (
-            error.message.strip() if error is not None else "failed"
-        )
+        reason = (user.description if user is not None and user.description else None) or _root_cause(error)
         errors.append(f"error: {where}: {reason}")
         if verbose and error is not None:
             errors.append(error.to_string())
     return errors
+
+
+def _root_cause(error: Any) -> str:
+    """The first line of the innermost cause of a Dagster error (what went wrong, not where)."""
+    if error is None:
+        return "failed"
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    lines = [line for line in str(error.message).strip().splitlines() if line.strip()]
+    return lines[0] if lines else str(error.cls_name or "failed")
 
 
 def reconcile_command(args: argparse.Namespace) -> int:
