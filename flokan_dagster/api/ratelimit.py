@@ -1,7 +1,10 @@
 """Client-side view of Flokan's rate limit, read from ``X-RateLimit-*`` on every response.
 
 Dagster bounds concurrency, not requests per minute, so the client paces itself: when the
-window's remaining count reaches zero it waits for the reset instead of provoking a 429.
+window's remaining count reaches zero it waits for the reset instead of provoking a 429. The
+tracker keeps the latest state for errors and paces the synchronous client (one call at a time);
+the async client's calls in flight are sized and paced by
+:class:`~flokan_dagster.api.concurrency.ConcurrencyController`.
 
 Example:
     >>> tracker = RateLimitTracker()
