@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import datetime, timezone
@@ -18,6 +19,8 @@ from flokan_dagster.sensors import (
     build_flokan_catalog_sensor,
     build_flokan_reconciliation_sensor,
     build_flokan_refresh_schedule,
+    tick_read_timeout_s,
+    tick_settings,
 )
 from tests.support import Admin, Workspace, wait_for
 from tests.test_assets import HERO, Pipeline, make_pipeline, rows_for, write_catalog
@@ -176,3 +179,34 @@ def test_refresh_schedule_requests_only_stale_skus_in_batches(
     requests = evaluate()
     assert isinstance(requests, list)
     assert [(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in requests] == [("SKU-03", "SKU-03"), ("SKU-05", "SKU-05")]
+
+
+def test_tick_budgets_follow_dagsters_grpc_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS", "DAGSTER_SCHEDULE_GRPC_TIMEOUT_SECONDS", "DAGSTER_GRPC_TIMEOUT_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    assert tick_settings().budget_s == 40 and tick_read_timeout_s() == 20  # Dagster's 60 s default
+    monkeypatch.setenv("DAGSTER_GRPC_TIMEOUT_SECONDS", "180")
+    assert tick_settings().budget_s == 120 and tick_read_timeout_s("schedule") == 60
+    monkeypatch.setenv("DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS", "15")  # the sensor-specific one wins
+    assert tick_settings().budget_s == 10 and tick_read_timeout_s("sensor") == 5
+    assert tick_settings(ReconcileSettings(budget_s=3)).budget_s == 3  # explicit settings are kept
+    monkeypatch.setenv("DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS", "soon")
+    with pytest.raises(ValueError, match="DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS='soon' is not a number of seconds"):
+        tick_settings()
+
+
+def test_a_reconciliation_tick_keeps_within_a_short_configured_timeout(
+    tmp_path: Path, admin: Admin, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every GET /jobs answer takes 8 s. Under Dagster's default 60 s the tick would wait for it (its
+    # reads may take 10 s); with a 6 s sensor timeout configured, the tick's budget is 4 s and its
+    # reads 1 s, so it gives up on the page and returns in time (cursor kept) instead of being cut off.
+    pipeline = make_pipeline(tmp_path, workspace, rows_for(3))
+    pipeline.run("hero_images", ["SKU-00", "SKU-01", "SKU-02"])
+    admin.fault("latency", route="GET /jobs", times=None, ms=8000)
+    monkeypatch.setenv("DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS", "6")
+    sensor = build_flokan_reconciliation_sensor(["hero_images"], settings=None)
+    started = time.monotonic()
+    result = tick(pipeline, sensor)
+    assert time.monotonic() - started < 6
+    assert result.cursor
