@@ -77,6 +77,8 @@ _RESET_MARGIN_S = 0.25
 # order, so a short span is noise), as a share of the window and at most 5 s.
 _OTHERS_SPAN_SHARE = 0.25
 _OTHERS_SPAN_MAX_S = 5.0
+# Seconds of other clients' sending kept back at the end of a window.
+_OTHERS_RESERVE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,9 @@ class ConcurrencyController:
 
     def _has_budget(self, now: float) -> bool:
         budget = self._budget(now)
-        return budget is None or budget >= 1
+        # With other clients on the workspace, keep back what they may send while an answer is on
+        # its way: the last requests of a window are where two clients race into a 429.
+        return budget is None or budget >= 1 + self._others_per_s * _OTHERS_RESERVE_S
 
     def _admissible(self, kind: CallKind, now: float) -> bool:
         if len(self._in_flight) >= self.max_concurrency:
