@@ -28,12 +28,14 @@ from flokan_dagster.api.errors import (
 from flokan_dagster.api.models import CreditEstimate, Job, JobPage, ProcessRequest, ProcessResult
 from flokan_dagster.assets import SKU_PARTITIONS, FlokanImageConfig, build_flokan_image_asset
 from flokan_dagster.catalog import Catalog, CatalogMapping, load_catalog, partition_changes
+from flokan_dagster.catalog_asset import build_flokan_catalog_asset
 from flokan_dagster.component import FlokanImagesComponent
 from flokan_dagster.image_store import ImageStore
 from flokan_dagster.ledger import AttemptRecord, CreditLedger, LedgerLockedError, cost_report_markdown, cost_summary
-from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
+from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, FlokanResourceKeys, ImageStoreResource
 from flokan_dagster.reconcile import ReconcileCursor, ReconcileResult, ReconcileSettings, ReconcileSummary, reconcile
-from flokan_dagster.report import build_cost_report_asset
+from flokan_dagster.report import build_automation_sensor, build_cost_report_asset, refresh_after_images
+from flokan_dagster.translator import DagsterFlokanTranslator, FlokanImageAssetProps
 from flokan_dagster.runs import materialize_skus
 from flokan_dagster.sensors import (
     build_flokan_catalog_sensor,
@@ -59,7 +61,13 @@ __all__ = [
     "ReconcileResult",
     "ReconcileSettings",
     "ReconcileSummary",
+    "DagsterFlokanTranslator",
+    "FlokanImageAssetProps",
+    "FlokanResourceKeys",
+    "build_automation_sensor",
     "build_cost_report_asset",
+    "build_flokan_catalog_asset",
+    "refresh_after_images",
     "build_flokan_catalog_sensor",
     "build_flokan_image_asset",
     "build_flokan_reconciliation_sensor",
