@@ -29,7 +29,7 @@ from flokan_dagster.api import rules
 from flokan_dagster.background import LogFunction, LogLine, iterate_in_thread
 from flokan_dagster.batch import BatchRunner, SettleSettings, SkuOutcome
 from flokan_dagster.budget import BudgetLimits, enforce_budget
-from flokan_dagster.catalog import CatalogMapping, load_catalog
+from flokan_dagster.catalog import Catalog, CatalogFile, CatalogFileError, CatalogMapping
 from flokan_dagster.image_store import inspect_image, thumbnail_data_uri
 from flokan_dagster.planning import plan_batch
 from flokan_dagster.resource import FlokanResourceKeys
@@ -169,7 +169,7 @@ def build_flokan_image_asset(
         store = resource_keys.images_of(context.resources).get_store()
         skus = list(context.partition_keys)
         run_id = context.run.run_id
-        table = load_catalog(catalog_path, mapping, table=catalog_table)
+        table = _batch_catalog(catalog_path, mapping, catalog_table, skus)
         plan = plan_batch(
             skus, table, ledger=ledger, store=store, asset=asset_name, run_id=run_id,
             upstream=upstream_key.to_user_string() if upstream_key else None, force=config.force,
@@ -257,6 +257,13 @@ def _shape_spec(
     if replace:
         spec = spec.replace_attributes(**replace)
     return spec.merge_attributes(**merge) if merge else spec
+def _batch_catalog(path: str, mapping: CatalogMapping, table: str | None, skus: list[str]) -> Catalog:
+    """The batch's rows of the catalog (the file is read once, only these rows become specs)."""
+    try:
+        with CatalogFile.open(path, mapping, table) as catalog_file:
+            return catalog_file.catalog_for(skus)
+    except CatalogFileError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 
 def _run_is_live(instance: dg.DagsterInstance, run_id: str) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+import tempfile
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ import duckdb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flokan_dagster.api import rules
+from flokan_dagster.catalog_file import CatalogColumns, CatalogFileError, load_rows
+
+__all__ = [
+    "Catalog", "CatalogFile", "CatalogFileError", "CatalogMapping", "ImageSourceSpec", "RowProblem", "SkuSpec",
+    "load_catalog", "normalize_sku", "parse_rows", "partition_changes", "read_catalog_rows",
+]  # fmt: skip
 
 MAX_SKU_LENGTH = 200
 _FORBIDDEN_IN_KEY = (",", "|", "[", "]")
@@ -209,41 +216,30 @@ def normalize_sku(raw: object) -> str:
 
 
 def read_catalog_rows(source: str | Path, table: str | None = None) -> list[dict[str, Any]]:
-    """Read a CSV or Parquet file, or a table of a DuckDB database, as a list of rows.
+    """Read a catalog file's rows as dicts of header name to cell (every row, for small catalogs).
 
-    CSV cells are read as text so SKUs such as ``00123`` keep their zeros.
+    Goes through the same reader as :class:`CatalogFile` (messy CSV accepted); rows with every
+    cell empty are left out.
+
+    Raises:
+        CatalogFileError: The file cannot be read at all.
 
     Example:
         >>> rows = read_catalog_rows("data/catalog.csv")  # doctest: +SKIP
     """
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"catalog not found: {path}")
-    suffix = path.suffix.lower()
-    with duckdb.connect() as con:
-        if table is not None or suffix in (".duckdb", ".db"):
-            if table is None:
-                raise ValueError(f"catalog {path} is a DuckDB database: name the table")
-            con.execute("ATTACH ? AS catalog_db (READ_ONLY)", [str(path)])
-            relation = con.sql(f"SELECT * FROM catalog_db.{_quote_identifier(table)}")
-        elif suffix == ".parquet":
-            relation = con.sql("SELECT * FROM read_parquet($path)", params={"path": str(path)})
-        elif suffix in (".csv", ".tsv", ".txt"):
-            relation = con.sql(
-                "SELECT * FROM read_csv($path, all_varchar = true, header = true)", params={"path": str(path)}
-            )
-        else:
-            raise ValueError(f"catalog {path}: unsupported format {suffix!r} (use .csv, .parquet or a DuckDB table)")
-        columns = relation.columns
-        return [dict(zip(columns, values, strict=True)) for values in relation.fetchall()]
-
-
-def _quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    with duckdb.connect() as conn, tempfile.TemporaryDirectory(prefix="flokan-catalog-") as scratch:
+        columns = load_rows(conn, source, table, Path(scratch))
+        cells = ", ".join(f"c{i}" for i in range(len(columns.header)))
+        found = conn.execute(f"SELECT {cells} FROM catalog_rows ORDER BY __row").fetchall()
+        rows = [dict(zip(columns.header, values, strict=True)) for values in found]
+        return [row for row in rows if any(v is not None and str(v).strip() for v in row.values())]
 
 
 def parse_rows(rows: Iterable[Mapping[str, Any]], mapping: CatalogMapping) -> Catalog:
-    """Validate every row; never raises for a bad row, only records it.
+    """Validate rows already in memory; never raises for a bad row, only records it.
+
+    Files go through :class:`CatalogFile` instead, which checks SKUs and duplicates in SQL and
+    builds specs only for the rows asked for; both apply the same rules.
 
     Example:
         >>> catalog = parse_rows([{"sku": "A|1", "prompt": "x"}], CatalogMapping(prompt_column="prompt"))
@@ -251,34 +247,217 @@ def parse_rows(rows: Iterable[Mapping[str, Any]], mapping: CatalogMapping) -> Ca
         "SKU 'A|1' (row 1): column 'sku': must not contain '|'"
     """
     catalog = Catalog()
-    seen_rows: dict[str, int] = {}
     base_dir = Path(mapping.base_dir) if mapping.base_dir else Path.cwd()
+    by_key: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
     for number, row in enumerate(rows, start=1):
         raw_sku = row.get(mapping.sku_column)
-        shown = "" if raw_sku is None else str(raw_sku)
         try:
             key = normalize_sku(raw_sku)
         except rules.RuleViolation as exc:
-            catalog.unkeyed.append(RowProblem(shown, mapping.sku_column, exc.rule, number))
+            catalog.unkeyed.append(RowProblem("" if raw_sku is None else str(raw_sku), mapping.sku_column, exc.rule, number))
             continue
-        if key in seen_rows:
-            rule = f"duplicate SKU (rows {seen_rows[key]} and {number}); each SKU must appear once"
-            catalog.specs.pop(key, None)
-            catalog.problems[key] = RowProblem(key, mapping.sku_column, rule, number)
+        by_key.setdefault(key, []).append((number, row))
+    for key, found in by_key.items():
+        if len(found) > 1:
+            catalog.problems[key] = _duplicate(key, [number for number, _ in found], mapping)
             continue
-        seen_rows[key] = number
-        try:
-            catalog.specs[key] = _spec_for(key, row, number, mapping, base_dir)
-        except rules.RuleViolation as exc:
-            catalog.problems[key] = RowProblem(key, exc.field, exc.rule, number)
+        number, row = found[0]
+        _add_row(catalog, key, row, number, mapping, base_dir)
     return catalog
 
 
 def load_catalog(source: str | Path, mapping: CatalogMapping, table: str | None = None) -> Catalog:
-    """Read and validate a catalog; relative source paths resolve against the catalog's folder."""
-    if mapping.base_dir is None:
-        mapping = mapping.model_copy(update={"base_dir": str(Path(source).resolve().parent)})
-    return parse_rows(read_catalog_rows(source, table), mapping)
+    """Read and validate every row of a catalog; relative source paths resolve against the catalog's folder.
+
+    A run needs only its own SKUs: use :meth:`CatalogFile.catalog_for` for that.
+
+    Raises:
+        CatalogFileError: The file cannot be read at all, or has no SKU column.
+    """
+    with CatalogFile.open(source, mapping, table) as catalog_file:
+        return catalog_file.catalog()
+
+
+# A SKU made only of these (and no "...") is already its own partition key: normalize_sku would
+# return it unchanged, so SQL settles most rows and Python checks only the rest.
+_PLAIN_SKU = r"[A-Za-z0-9_]([A-Za-z0-9_ ./:#()&+-]*[A-Za-z0-9_./:#()&+-])?"
+
+
+class CatalogFile:
+    """A catalog file read once into DuckDB: SKUs and duplicates checked in SQL over the whole file.
+
+    Opening reads the file (messy CSV accepted, see :mod:`flokan_dagster.catalog_file`) and
+    gives each row its partition key in SQL; only rows whose SKU is not plain ASCII go through
+    :func:`normalize_sku` in Python. Specs are built in Python only for the SKUs asked for, so
+    a run of 25 SKUs pays for 25 rows, not the whole catalog.
+
+    Raises:
+        CatalogFileError: The file cannot be read at all, or has no SKU column.
+
+    Example:
+        >>> mapping = CatalogMapping(prompt_template="Studio photo of {title}")
+        >>> with CatalogFile.open("data/catalog.csv", mapping) as catalog_file:  # doctest: +SKIP
+        ...     catalog_file.catalog_for(["MUG-001"]).specs["MUG-001"].prompt
+        'Studio photo of a mug'
+    """
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, path: Path, mapping: CatalogMapping,
+                 columns: CatalogColumns, scratch: tempfile.TemporaryDirectory[str]) -> None:  # fmt: skip
+        self._conn = conn
+        self._scratch = scratch
+        self.path = path
+        self.mapping = mapping
+        self.columns = columns
+        self.unkeyed: list[RowProblem] = []
+        self._prepare_keys()
+
+    @classmethod
+    def open(cls, source: str | Path, mapping: CatalogMapping, table: str | None = None) -> CatalogFile:
+        """Read ``source`` (CSV, Parquet, or ``table`` of a DuckDB database) and key its rows."""
+        path = Path(source)
+        if mapping.base_dir is None:
+            mapping = mapping.model_copy(update={"base_dir": str(path.resolve().parent)})
+        conn = duckdb.connect()
+        scratch = tempfile.TemporaryDirectory(prefix="flokan-catalog-")
+        try:
+            columns = load_rows(conn, path, table, Path(scratch.name))
+            if columns.column_of(mapping.sku_column) is None:
+                raise CatalogFileError(
+                    f"catalog {path} has no column {mapping.sku_column!r} (its columns: {', '.join(columns.header)}); "
+                    "rename the SKU column's header or set sku_column in the mapping"
+                )
+            return cls(conn, path, mapping, columns, scratch)
+        except BaseException:
+            conn.close()
+            scratch.cleanup()
+            raise
+
+    def __enter__(self) -> CatalogFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the in-memory table (and any re-encoded copy of the file)."""
+        self._conn.close()
+        self._scratch.cleanup()
+
+    def _prepare_keys(self) -> None:
+        """Create ``catalog_keys`` (row, raw SKU, partition key) and collect the unusable SKUs."""
+        sku = f"CAST({self.columns.column_of(self.mapping.sku_column)} AS VARCHAR)"
+        self._conn.execute(
+            f"""CREATE TEMP TABLE catalog_keys AS
+            SELECT __row, {sku} AS raw,
+                   CASE WHEN length({sku}) <= {MAX_SKU_LENGTH} AND NOT contains({sku}, '...')
+                             AND regexp_full_match({sku}, '{_PLAIN_SKU}') THEN {sku} END AS key
+            FROM catalog_rows"""
+        )
+        # The rest (rare): unusual SKUs, and rows whose every cell is blank (ignored, not a problem).
+        cells = ", ".join(f"CAST(c{i} AS VARCHAR)" for i in range(len(self.columns.header)))
+        rest = self._conn.execute(
+            f"SELECT k.__row, k.raw, [{cells}, r.__extra] FROM catalog_keys k JOIN catalog_rows r USING (__row)"
+            " WHERE k.key IS NULL ORDER BY k.__row"
+        ).fetchall()
+        rows, keys = [], []
+        for number, raw, values in rest:
+            if all(value is None or not value.strip() for value in values):
+                continue
+            try:
+                keys.append(normalize_sku(raw))
+                rows.append(number)
+            except rules.RuleViolation as exc:
+                self.unkeyed.append(RowProblem("" if raw is None else raw, self.mapping.sku_column, exc.rule, number))
+        if rows:
+            self._conn.execute(
+                "UPDATE catalog_keys SET key = fixed.key FROM (SELECT unnest(?) AS r, unnest(?) AS key) AS fixed"
+                " WHERE catalog_keys.__row = fixed.r",
+                [rows, keys],
+            )
+
+    @property
+    def partition_keys(self) -> list[str]:
+        """Every usable SKU, valid or not, sorted (bad rows become partitions that fail by name)."""
+        return [row[0] for row in self._conn.execute(
+            "SELECT DISTINCT key FROM catalog_keys WHERE key IS NOT NULL ORDER BY key"
+        ).fetchall()]  # fmt: skip
+
+    def partition_changes(self, existing: Iterable[str]) -> tuple[list[str], list[str]]:
+        """The partition keys to add and to delete so ``existing`` matches the catalog, computed in SQL.
+
+        Example:
+            >>> catalog_file.partition_changes(["B", "C"])  # doctest: +SKIP
+            (['A'], ['C'])
+        """
+        existing_keys = list(existing)
+        added = self._conn.execute(
+            "SELECT key FROM catalog_keys WHERE key IS NOT NULL EXCEPT SELECT unnest(?::VARCHAR[]) ORDER BY 1",
+            [existing_keys],
+        ).fetchall()
+        deleted = self._conn.execute(
+            "SELECT unnest(?::VARCHAR[]) AS key EXCEPT SELECT key FROM catalog_keys WHERE key IS NOT NULL ORDER BY 1",
+            [existing_keys],
+        ).fetchall()
+        return [row[0] for row in added], [row[0] for row in deleted]
+
+    def catalog_for(self, skus: Iterable[str]) -> Catalog:
+        """Specs and problems of ``skus`` only; a SKU the file lacks is in neither.
+
+        Duplicates are found over the whole file, so a SKU repeated outside the batch still
+        fails by name.
+        """
+        wanted = sorted(set(skus))
+        if not wanted:
+            return Catalog()
+        return self._build(
+            "SELECT key, list(__row ORDER BY __row) FROM catalog_keys WHERE key IN (SELECT unnest(?::VARCHAR[]))"
+            " GROUP BY key ORDER BY min(__row)",
+            [wanted],
+        )
+
+    def catalog(self) -> Catalog:
+        """Every row: specs, problems and unusable SKUs (work proportional to the catalog)."""
+        catalog = self._build(
+            "SELECT key, list(__row ORDER BY __row) FROM catalog_keys WHERE key IS NOT NULL GROUP BY key ORDER BY min(__row)", []
+        )
+        catalog.unkeyed = list(self.unkeyed)
+        return catalog
+
+    def _build(self, grouped_sql: str, params: list[Any]) -> Catalog:
+        catalog = Catalog()
+        groups = self._conn.execute(grouped_sql, params).fetchall()
+        single = [rows[0] for _, rows in groups if len(rows) == 1]
+        cells = ", ".join(f"c{i}" for i in range(len(self.columns.header)))
+        found = {
+            number: (dict(zip(self.columns.header, values, strict=True)), extra)
+            for number, extra, *values in self._conn.execute(
+                f"SELECT __row, __extra, {cells} FROM catalog_rows WHERE __row IN (SELECT unnest(?::BIGINT[]))", [single]
+            ).fetchall()
+        }  # fmt: skip
+        base_dir = Path(self.mapping.base_dir or self.path.resolve().parent)
+        for key, rows in groups:
+            if len(rows) > 1:
+                catalog.problems[key] = _duplicate(key, rows, self.mapping)
+                continue
+            row, extra = found[rows[0]]
+            if extra is not None:
+                rule = f"has more cells than the header's {len(self.columns.header)} columns; quote a cell that holds the delimiter"
+                catalog.problems[key] = RowProblem(key, "(row)", rule, rows[0])
+                continue
+            _add_row(catalog, key, row, rows[0], self.mapping, base_dir)
+        return catalog
+
+
+def _duplicate(key: str, rows: list[int], mapping: CatalogMapping) -> RowProblem:
+    listed = ", ".join(str(n) for n in rows[:-1]) + f" and {rows[-1]}"
+    return RowProblem(key, mapping.sku_column, f"duplicate SKU (rows {listed}); each SKU must appear once", rows[-1])
+
+
+def _add_row(catalog: Catalog, key: str, row: Mapping[str, Any], number: int, mapping: CatalogMapping, base_dir: Path) -> None:
+    try:
+        catalog.specs[key] = _spec_for(key, row, number, mapping, base_dir)
+    except rules.RuleViolation as exc:
+        catalog.problems[key] = RowProblem(key, exc.field, exc.rule, number)
 
 
 def _cell(row: Mapping[str, Any], column: str | None) -> str | None:

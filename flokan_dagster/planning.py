@@ -1,15 +1,25 @@
 """Decide, per SKU of a run, what it needs before anything is spent.
 
-An unchanged SKU whose image is in the store is reused (nothing spent); one whose paid image is
-missing from the store is downloaded again; a bad catalog row, or a chained edit whose upstream
-has no image yet, fails by name. Everything else becomes a task for ``/process``, carrying any
-earlier attempt whose outcome is still unknown so it is settled before paying again.
+Planning has three stages, each reading or writing only the batch's own SKUs:
+
+1. **Read**: the batch's catalog rows (:meth:`CatalogFile.catalog_for`, done by the caller) and
+   the batch's ledger history, the asset's and its upstream's (:func:`read_history`: one index
+   lookup per SKU, never the whole ledger).
+2. **Decide** (:func:`decide`): an unchanged SKU whose image is in the store is reused (nothing
+   spent); one whose paid image is missing from the store is downloaded again; a bad catalog
+   row, or a chained edit whose upstream has no image yet, fails by name. Everything else
+   becomes a task for ``/process``, carrying any earlier attempt whose outcome is still unknown
+   so it is settled before paying again.
+3. **Record**: refusals of invalid rows go to the ledger as ``rejected`` (nothing spent).
+
+Claiming the tasks' SKUs against other runs is a separate step after planning, on the plan's
+tasks.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from flokan_dagster.batch import SkuOutcome, SkuTask
@@ -27,10 +37,47 @@ class BatchPlan:
     Attributes:
         tasks: SKUs that need the API (a new job, a settlement, or a re-download).
         settled: SKUs decided without the API: reused images and refusals.
+        rejected: Refusals of invalid catalog rows to record in the ledger, as (SKU, error).
     """
 
     tasks: list[SkuTask] = field(default_factory=list)
     settled: list[SkuOutcome] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class BatchHistory:
+    """The ledger rows of a batch's SKUs, by SKU: the asset's own and its upstream's.
+
+    Attributes:
+        attempts: The asset's attempts per SKU, oldest first.
+        upstream: The upstream asset's attempts per SKU (empty without an upstream).
+    """
+
+    attempts: dict[str, list[AttemptRecord]] = field(default_factory=dict)
+    upstream: dict[str, list[AttemptRecord]] = field(default_factory=dict)
+
+
+def read_history(ledger: CreditLedger, skus: Iterable[str], asset: str, upstream: str | None = None) -> BatchHistory:
+    """Read the ledger rows of ``skus`` for ``asset`` (and ``upstream``) in one pass over the SKU index.
+
+    Example:
+        >>> read_history(ledger, ["MUG-1"], "hero_images").attempts["MUG-1"][0].status  # doctest: +SKIP
+        'completed'
+    """
+    assets = [asset] if upstream is None else [asset, upstream]
+    history = BatchHistory()
+    own: dict[str, list[AttemptRecord]] = defaultdict(list)
+    theirs: dict[str, list[AttemptRecord]] = defaultdict(list)
+    for record in ledger.attempts_for_skus(assets, skus):
+        if record.sku is None:
+            continue
+        if record.asset == asset:
+            own[record.sku].append(record)
+        if upstream is not None and record.asset == upstream:
+            theirs[record.sku].append(record)
+    history.attempts, history.upstream = dict(own), dict(theirs)
+    return history
 
 
 def plan_batch(
@@ -45,35 +92,64 @@ def plan_batch(
     force: bool = False,
     run_is_live: Callable[[str], bool] = lambda run_id: False,
 ) -> BatchPlan:
-    """Plan a batch: reuse what is unchanged, refuse what is invalid, queue the rest.
-
-    Refusals of invalid rows are recorded in the ledger as ``rejected`` (nothing spent).
+    """Plan a batch: read its history, decide each SKU, record the refusals of invalid rows.
 
     Args:
+        skus: The run's SKUs.
+        catalog: At least the batch's catalog rows (``CatalogFile.catalog_for(skus)``).
+        ledger: The credit ledger (read for the batch's SKUs only; refusals written).
+        store: Where images are kept (a reusable image must still be there).
+        asset: The asset key string.
+        run_id: This run's id (its own earlier attempts are not "another run's").
+        upstream: The upstream asset of a chained edit.
+        force: Regenerate even unchanged SKUs.
         run_is_live: Whether a Dagster run is still going. A SKU another live run is sending
             right now fails here: settling that attempt could see its job "absent" a moment
             before the server accepts it, and pay a second time.
     """
+    history = read_history(ledger, skus, asset, upstream)
+    plan = decide(skus, catalog, history, store=store, run_id=run_id, upstream=upstream, force=force,
+                  run_is_live=run_is_live)  # fmt: skip
+    for sku, error in plan.rejected:
+        ledger.record_rejected(asset=asset, sku=sku, error=error, run_id=run_id)
+    return plan
+
+
+def decide(
+    skus: list[str],
+    catalog: Catalog,
+    history: BatchHistory,
+    *,
+    store: ImageStore,
+    run_id: str | None,
+    upstream: str | None = None,
+    force: bool = False,
+    run_is_live: Callable[[str], bool] = lambda run_id: False,
+) -> BatchPlan:
+    """Decide each SKU from its catalog row and its history; reads nothing but the image store.
+
+    Example:
+        >>> decide(["GONE"], Catalog(), BatchHistory(), store=store, run_id=None).settled[0].error  # doctest: +SKIP
+        "SKU 'GONE' is not in the catalog any more"
+    """
     plan = BatchPlan()
-    history = _by_sku(ledger.attempts_for(asset=asset))
-    upstream_history = _by_sku(ledger.attempts_for(asset=upstream)) if upstream else {}
     for sku in skus:
         problem = catalog.problems.get(sku)
         spec = catalog.specs.get(sku)
         if spec is None:
             error = problem.message if problem else f"SKU {sku!r} is not in the catalog any more"
-            ledger.record_rejected(asset=asset, sku=sku, error=error, run_id=run_id)
+            plan.rejected.append((sku, error))
             plan.settled.append(SkuOutcome(sku, "failed", error=error))
             continue
         source = None
         if upstream is not None:
-            source = _latest_completed(upstream_history.get(sku, []))
+            source = _latest_completed(history.upstream.get(sku, []))
             if source is None or not source.result_sha256:
                 error = f"SKU {sku!r}: upstream asset {upstream!r} has no stored image for this SKU yet; materialize it first"
                 plan.settled.append(SkuOutcome(sku, "failed", error=error))
                 continue
         fingerprint = spec.fingerprint(upstream=source.result_sha256 if source else None)
-        attempts = history.get(sku, [])
+        attempts = history.attempts.get(sku, [])
         if not force:
             reusable = _latest_completed([a for a in attempts if a.fingerprint == fingerprint])
             if reusable is not None:
@@ -101,14 +177,6 @@ def plan_batch(
             continue
         plan.tasks.append(SkuTask(spec, fingerprint, upstream=source, unsettled=unsettled))
     return plan
-
-
-def _by_sku(records: list[AttemptRecord]) -> dict[str, list[AttemptRecord]]:
-    grouped: dict[str, list[AttemptRecord]] = defaultdict(list)
-    for record in records:
-        if record.sku is not None:
-            grouped[record.sku].append(record)
-    return grouped
 
 
 def _latest_completed(records: list[AttemptRecord]) -> AttemptRecord | None:

@@ -651,15 +651,88 @@ class CreditLedger:
     def attempts_for(self, asset: str | None = None, sku: str | None = None) -> list[AttemptRecord]:
         """Return all rows, optionally for one asset and/or SKU, oldest first.
 
+        With a SKU this reads through the SKU index (see :meth:`attempts_for_skus`); without one
+        it reads every row of the asset, which grows with the ledger: for reports and tests.
+
         Example:
             >>> [a.status for a in ledger.attempts_for(sku="MUG-1")]  # doctest: +SKIP
             ['unknown', 'completed']
         """
+        if sku is not None:
+            return self.attempts_for_skus(asset, [sku])
         return self._query(
-            "WHERE (CAST(? AS VARCHAR) IS NULL OR asset = ?) AND (CAST(? AS VARCHAR) IS NULL OR sku = ?)"
-            " ORDER BY recorded_at, attempt_id",
-            [asset, asset, sku, sku],
+            "WHERE (CAST(? AS VARCHAR) IS NULL OR asset = ?) ORDER BY recorded_at, attempt_id", [asset, asset]
         )
+
+    def attempts_for_skus(self, asset: str | Iterable[str] | None, skus: Iterable[str]) -> list[AttemptRecord]:
+        """Return the rows of ``skus`` (for ``asset``, or any of several assets), oldest first.
+
+        What a run reads: its cost follows the number of SKUs asked for, not the ledger's size.
+        Each SKU is one equality lookup on the ``attempts_by_sku`` index (DuckDB uses an index
+        for a single-column equality, not for an ``IN`` list or a second predicate, so the
+        asset is filtered here, before rows become records).
+
+        Args:
+            asset: An asset key string, several (a run and its upstream), or None for every asset.
+            skus: The SKUs wanted; duplicates are ignored.
+
+        Example:
+            >>> [a.sku for a in ledger.attempts_for_skus("images", ["MUG-1", "MUG-2"])]  # doctest: +SKIP
+            ['MUG-1', 'MUG-2', 'MUG-1']
+        """
+        wanted = sorted({str(sku) for sku in skus})
+        assets = None if asset is None else {asset} if isinstance(asset, str) else set(asset)
+        if not wanted or assets == set():
+            return []
+        asset_at = COLUMNS.index("asset")
+
+        def run(conn: duckdb.DuckDBPyConnection, source: str) -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = []
+            statement = f"{source} SELECT {_SELECT_COLUMNS} FROM current_attempts WHERE sku = ?"
+            for sku in wanted:
+                found = conn.execute(statement, [sku]).fetchall()
+                rows.extend(row for row in found if assets is None or row[asset_at] in assets)
+            return rows
+
+        records = [AttemptRecord.from_row(dict(zip(COLUMNS, row))) for row in self._read(run)]
+        records.sort(key=lambda r: (r.recorded_at, r.attempt_id))
+        return records
+
+    def stale_skus(self, asset: str, fingerprints: Mapping[str, str]) -> list[str]:
+        """Return the SKUs of ``fingerprints`` whose latest completed image of ``asset`` has another fingerprint.
+
+        A SKU with no completed image is stale too. The comparison is one SQL join over the
+        ledger, so a 100,000-SKU catalog never becomes 100,000 Python lookups.
+
+        Args:
+            asset: The asset key string.
+            fingerprints: Each SKU's current input fingerprint (from the catalog).
+
+        Returns:
+            The stale SKUs, sorted.
+
+        Example:
+            >>> ledger.stale_skus("images", {"MUG-1": "fp1", "MUG-2": "fp2"})  # doctest: +SKIP
+            ['MUG-2']
+        """
+        if not fingerprints:
+            return []
+        skus, prints = list(fingerprints), list(fingerprints.values())
+        rows = self._read(
+            lambda conn, source: conn.execute(
+                f"""{source}, latest AS (
+                    SELECT sku, arg_max(fingerprint, (coalesce(completed_at, updated_at), revision)) AS fingerprint
+                    FROM current_attempts
+                    WHERE status = 'completed' AND asset = ? AND sku IS NOT NULL AND fingerprint IS NOT NULL
+                    GROUP BY sku),
+                wanted AS (SELECT unnest(?) AS sku, unnest(?) AS fingerprint)
+                SELECT wanted.sku FROM wanted LEFT JOIN latest ON latest.sku = wanted.sku
+                WHERE latest.fingerprint IS DISTINCT FROM wanted.fingerprint
+                ORDER BY wanted.sku""",
+                [asset, skus, prints],
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
 
     def read(self, query: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Run ``query`` on a read-only connection to the committed ledger (spool not included).

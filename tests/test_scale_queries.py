@@ -1,0 +1,107 @@
+"""The batch-sized reads return exactly what the whole-ledger and whole-catalog reads did.
+
+Runs read only their own SKUs (``attempts_for_skus``, ``CatalogFile.catalog_for``) and the
+sensors compare in SQL (``stale_skus``, ``CatalogFile.partition_changes``); each is checked
+here against the whole-history answer filtered in Python, on a ledger with several assets,
+repeated attempts, external rows and events still waiting in the spool.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from flokan_dagster.catalog import CatalogFile, CatalogMapping, load_catalog, partition_changes
+from flokan_dagster.ledger import CreditLedger
+from flokan_dagster.ledger.records import LedgerEvent
+
+ASSETS = ("hero", "lifestyle", "thumbs")
+SKUS = [f"S-{i}" for i in range(12)] + ["Café-1", "  padded  "]
+
+
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory: pytest.TempPathFactory) -> CreditLedger:
+    """A ledger of 40 attempts over 3 assets and 14 SKUs, a few external jobs, and 5 spooled events."""
+    rng = random.Random(11)
+    ledger = CreditLedger(str(tmp_path_factory.mktemp("scale") / "ledger.duckdb"))
+    start = datetime(2026, 5, 1)
+    for n in range(40):
+        sku, asset = rng.choice(SKUS), rng.choice(ASSETS)
+        aid = ledger.begin_attempt(asset=asset, sku=sku, prompt="p", model_tier="pro", fingerprint=f"fp{rng.randint(0, 2)}",
+                                   run_id=f"run-{n % 7}", sent_at=start + timedelta(minutes=n))  # fmt: skip
+        status = rng.choice(["completed", "completed", "failed", "unknown", None])
+        if status is not None:
+            ledger.finish_attempt(aid, status=status, job_id=f"job-{n}", result_image_id=f"img-{n}",
+                                  completed_at=start + timedelta(minutes=n, seconds=rng.randint(1, 50)))  # fmt: skip
+    ledger.record_external_jobs([{"job_id": f"ext-{n}", "status": "completed", "credits_consumed": 5} for n in range(4)])
+    # Events left in the spool (a locked database): reads overlay them, and so must the filtered reads.
+    for n in range(5):
+        fields = {"asset": "hero", "sku": SKUS[n], "status": "completed", "origin": "dagster", "prompt": "p",
+                  "model_tier": "pro", "fingerprint": "fp9", "job_id": f"spooled-{n}", "result_image_id": f"img-s{n}",
+                  "completed_at": start + timedelta(days=1), "sent_at": start + timedelta(days=1)}  # fmt: skip
+        ledger.spool.put(LedgerEvent.create(f"spooled-attempt-{n}", "begin", fields))
+    assert ledger.spooled_count() == 5
+    return ledger
+
+
+@pytest.mark.parametrize("asset", [*ASSETS, None])
+@pytest.mark.parametrize("skus", [SKUS[:1], SKUS[3:9], SKUS, ["nope", SKUS[2], SKUS[2]], []])
+def test_attempts_for_skus_equals_the_whole_ledger_filtered(ledger: CreditLedger, asset: str | None, skus: list[str]) -> None:
+    whole = [a for a in ledger.attempts_for(asset=asset) if a.sku in set(skus)]
+    assert ledger.attempts_for_skus(asset, skus) == whole
+
+
+def test_attempts_for_skus_over_several_assets(ledger: CreditLedger) -> None:
+    wanted = {"hero", "thumbs"}
+    whole = [a for a in ledger.attempts_for() if a.asset in wanted and a.sku in set(SKUS[:6])]
+    assert ledger.attempts_for_skus(sorted(wanted), SKUS[:6]) == whole and whole
+    assert ledger.attempts_for_skus([], SKUS) == []
+
+
+def test_attempts_for_one_sku_equals_the_whole_ledger_filtered(ledger: CreditLedger) -> None:
+    for sku in SKUS:
+        assert ledger.attempts_for(asset="hero", sku=sku) == [a for a in ledger.attempts_for(asset="hero") if a.sku == sku]
+        assert ledger.attempts_for(sku=sku) == [a for a in ledger.attempts_for() if a.sku == sku]
+
+
+@pytest.mark.parametrize("asset", ASSETS)
+def test_stale_skus_equals_the_comparison_in_python(ledger: CreditLedger, asset: str) -> None:
+    rng = random.Random(asset)
+    latest = ledger.latest_completed_fingerprints(asset)
+    fingerprints = {sku: f"fp{rng.randint(0, 2)}" for sku in [*SKUS, "never-made"]}
+    expected = sorted(sku for sku, fp in fingerprints.items() if latest.get(sku) != fp)
+    assert ledger.stale_skus(asset, fingerprints) == expected
+    assert 0 < len(expected) < len(fingerprints)  # both kinds occur
+    assert ledger.stale_skus(asset, {}) == []
+
+
+CATALOG = """sku,title,tier
+A-1,a mug,pro
+B-2,a cup,ultra
+ Café-3 ,a vase,
+A-1,again,
+D|4,bad key,
+E-5,,
+,,
+F-6,a bag,creative
+"""
+
+
+def test_catalog_for_equals_the_whole_catalog_restricted(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_text(CATALOG, encoding="utf-8")
+    mapping = CatalogMapping(prompt_template="photo of {title}", tier_column="tier")
+    whole = load_catalog(path, mapping)
+    assert sorted(whole.specs) == ["Café-3", "F-6"] and sorted(whole.problems) == ["A-1", "B-2", "E-5"]
+    assert [p.sku for p in whole.unkeyed] == ["D|4"]
+    with CatalogFile.open(path, mapping) as catalog_file:
+        for skus in (["A-1"], ["Café-3", "F-6", "B-2"], ["nope", "E-5"], whole.partition_keys):
+            part = catalog_file.catalog_for(skus)
+            assert part.specs == {k: v for k, v in whole.specs.items() if k in skus}
+            assert part.problems == {k: v for k, v in whole.problems.items() if k in skus}
+        assert catalog_file.partition_keys == whole.partition_keys
+        for existing in ([], ["A-1", "Z-9"], whole.partition_keys, ["Z-9", "Café-3", "Y"]):
+            assert catalog_file.partition_changes(existing) == partition_changes(whole.partition_keys, existing)
