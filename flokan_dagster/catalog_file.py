@@ -100,7 +100,7 @@ def load_rows(conn: duckdb.DuckDBPyConnection, source: str | Path, table: str | 
 
 def _load_duckdb_table(conn: duckdb.DuckDBPyConnection, path: Path, table: str) -> CatalogColumns:
     try:
-        conn.execute("ATTACH ? AS catalog_db (READ_ONLY)", [str(path)])
+        conn.execute(f"ATTACH {_literal(str(path))} AS catalog_db (READ_ONLY)")  # ATTACH takes no parameters
     except duckdb.Error as exc:
         raise CatalogFileError(f"catalog {path} cannot be opened as a DuckDB database: {_first_line(exc)}") from None
     tables = [row[0] for row in conn.execute(
@@ -213,6 +213,10 @@ def _header_names(cells: list[str]) -> list[str]:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _quote(name: str) -> str:

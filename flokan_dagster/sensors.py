@@ -43,7 +43,7 @@ import dagster as dg
 
 from flokan_dagster.assets import SKU_PARTITIONS, sku_materialization
 from flokan_dagster.batch import SkuOutcome
-from flokan_dagster.catalog import Catalog, CatalogMapping, load_catalog, partition_changes
+from flokan_dagster.catalog import Catalog, CatalogFile, CatalogFileError, CatalogMapping, load_catalog
 from flokan_dagster.ledger import CreditLedger
 from flokan_dagster.reconcile import FailedSku, ReconcileResult, ReconcileSettings, reconcile
 from flokan_dagster.resource import FlokanResourceKeys
@@ -99,6 +99,10 @@ def tick_settings(settings: ReconcileSettings | None = None) -> ReconcileSetting
     if settings is not None:
         return settings
     return ReconcileSettings(budget_s=tick_timeout_s("sensor") * 2 / 3)
+# Dagster's daemon applies a partitions request key by key (an existence check each), so a
+# 100,000-SKU catalog is added over a few ticks, in requests of a bounded size.
+PARTITIONS_PER_TICK = 40_000
+PARTITION_CHUNK = 10_000
 _ACTIVE_RUN_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -246,6 +250,7 @@ def build_flokan_catalog_sensor(
     partitions_def: dg.DynamicPartitionsDefinition = SKU_PARTITIONS,
     batch_size: int = 25,
     max_runs_per_tick: int = 100,
+    partitions_per_tick: int = PARTITIONS_PER_TICK,
     name: str = "flokan_catalog_sync",
     minimum_interval_seconds: int = 60,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
@@ -258,6 +263,12 @@ def build_flokan_catalog_sensor(
     valid SKU whose fingerprint differs from its latest completed image (new SKUs included).
     Invalid rows become partitions but are not run: the tick logs their problems by name.
 
+    The partition diff and the staleness check are SQL over the catalog and the ledger. A large
+    change is spread over ticks: at most ``partitions_per_tick`` partitions are added or removed
+    per tick (in requests of ``PARTITION_CHUNK`` keys, which Dagster applies key by key), and at
+    most ``max_runs_per_tick`` runs requested; until everything is done the cursor keeps the
+    catalog as unfinished, so the next tick goes on from where this one stopped.
+
     Args:
         assets: The image assets to run, root asset first (its fingerprint decides "changed").
         catalog: The catalog file (CSV, Parquet, or a DuckDB database with ``catalog_table``).
@@ -266,9 +277,11 @@ def build_flokan_catalog_sensor(
         partitions_def: The SKU partitions.
         batch_size: SKUs per run.
         max_runs_per_tick: Run requests per tick; the rest follow on the next ticks.
+        partitions_per_tick: Partitions added plus deleted per tick; the rest follow on the next ticks.
         name: Sensor name.
         minimum_interval_seconds: Seconds between ticks.
         default_status: Whether the sensor starts running when deployed.
+        resource_keys: The resource keys the sensor reads (the ledger's).
 
     Returns:
         The sensor; it needs the ``flokan_ledger`` resource.
@@ -281,6 +294,8 @@ def build_flokan_catalog_sensor(
     """
     keys = _keys_of(assets)
     _check_batching(batch_size, max_runs_per_tick)
+    if partitions_per_tick < 1:
+        raise ValueError("partitions_per_tick must be at least 1")
     root = keys[0].to_user_string()
 
     @dg.sensor(
@@ -297,28 +312,39 @@ def build_flokan_catalog_sensor(
         digest = catalog_digest(catalog, catalog_table)
         if digest == state.digest:
             return dg.SkipReason("catalog unchanged")
-        table = load_catalog(catalog, mapping, table=catalog_table)
+        try:
+            catalog_file = CatalogFile.open(catalog, mapping, catalog_table)
+        except CatalogFileError as exc:
+            context.log.error(str(exc))
+            return dg.SkipReason(str(exc))
+        with catalog_file:
+            existing = context.instance.get_dynamic_partitions(partitions_def.name)
+            added, deleted = catalog_file.partition_changes(existing)
+            # Deletions first (a removed SKU must stop being run), then additions, within the tick's share.
+            deleting = deleted[:partitions_per_tick]
+            adding = added[: partitions_per_tick - len(deleting)]
+            table = catalog_file.catalog()
         _log_problems(context.log, table)
-        existing = context.instance.get_dynamic_partitions(partitions_def.name)
-        added, deleted = partition_changes(table.partition_keys, existing)
-        ordered = [key for key in existing if key not in set(deleted)] + added
+        gone = set(deleting)
+        ordered = [key for key in existing if key not in gone] + adding
         busy = skus_in_active_runs(context.instance, ordered, keys)
-        stale = [sku for sku in stale_skus(table, flokan_ledger.get_ledger(read_timeout_s=tick_read_timeout_s("sensor")), root)
-                 if sku not in busy]  # fmt: skip
+        present = set(ordered)
+        ledger = flokan_ledger.get_ledger(read_timeout_s=tick_read_timeout_s("sensor"))
+        stale = [sku for sku in stale_skus(table, ledger, root) if sku in present and sku not in busy]
         ranges = sku_ranges(ordered, stale, batch_size)
         prefix = f"catalog:{digest[:12]}:{state.ticks}"
         requests = [_range_request(prefix, keys, first, last) for first, last in ranges[:max_runs_per_tick]]
+        left = len(added) - len(adding) + len(deleted) - len(deleting)
         context.log.info(
-            f"catalog {Path(catalog).name}: {len(table.specs)} valid SKU(s), {len(added)} added, {len(deleted)} deleted, "
-            f"{len(stale)} new or changed, {len(busy)} in queued or running runs; {len(requests)} run(s) requested"
+            f"catalog {Path(catalog).name}: {len(table.specs)} valid SKU(s), {len(adding)} of {len(added)} added, "
+            f"{len(deleting)} of {len(deleted)} deleted, {len(stale)} new or changed, {len(busy)} in queued or running "
+            f"runs; {len(requests)} run(s) requested" + (f"; {left} partition change(s) left for the next ticks" if left else "")
         )
         partition_requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
-        if added:
-            partition_requests.append(partitions_def.build_add_request(added))
-        if deleted:
-            partition_requests.append(partitions_def.build_delete_request(deleted))
-        # With runs left for later ticks the digest is not saved, so the next tick goes on.
-        done = len(ranges) <= max_runs_per_tick
+        partition_requests += [partitions_def.build_delete_request(chunk) for chunk in _chunks(deleting)]
+        partition_requests += [partitions_def.build_add_request(chunk) for chunk in _chunks(adding)]
+        # With partitions or runs left for later ticks the digest is not saved, so the next tick goes on.
+        done = not left and len(ranges) <= max_runs_per_tick
         cursor = _CatalogCursor(digest if done else state.digest, state.ticks + 1)
         return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests, cursor=cursor.encode())
 
@@ -341,6 +367,9 @@ def build_flokan_refresh_schedule(
     resource_keys: FlokanResourceKeys = FlokanResourceKeys(),
 ) -> dg.ScheduleDefinition:
     """Make a schedule that requests, in batched runs, only the stale SKUs of the partitions.
+
+    Staleness is one SQL join of the catalog's fingerprints with the ledger
+    (:meth:`CreditLedger.stale_skus`).
 
     Args:
         assets: The image assets to run, root asset first (its fingerprint decides "stale").
@@ -380,7 +409,11 @@ def build_flokan_refresh_schedule(
     )
     def _refresh_schedule(context: dg.ScheduleEvaluationContext, **_resources: object) -> list[dg.RunRequest] | dg.SkipReason:
         flokan_ledger = resource_keys.ledger_of(context.resources)
-        table = load_catalog(catalog, mapping, table=catalog_table)
+        try:
+            table = load_catalog(catalog, mapping, table=catalog_table)
+        except CatalogFileError as exc:
+            context.log.error(str(exc))
+            return dg.SkipReason(str(exc))
         ordered = context.instance.get_dynamic_partitions(partitions_def.name)
         partitions = set(ordered)
         busy = skus_in_active_runs(context.instance, ordered, keys)
@@ -399,12 +432,13 @@ def build_flokan_refresh_schedule(
 def stale_skus(catalog: Catalog, ledger: CreditLedger, asset: str) -> list[str]:
     """Valid SKUs whose fingerprint differs from their latest completed image of ``asset`` (or that have none).
 
+    The comparison is SQL in the ledger (:meth:`CreditLedger.stale_skus`).
+
     Example:
         >>> stale_skus(load_catalog("data/catalog.csv", mapping), ledger, "hero_images")  # doctest: +SKIP
         ['MUG-2']
     """
-    latest = ledger.latest_completed_fingerprints(asset)
-    return sorted(sku for sku, spec in catalog.specs.items() if latest.get(sku) != spec.fingerprint())
+    return ledger.stale_skus(asset, {sku: spec.fingerprint() for sku, spec in catalog.specs.items()})
 
 
 def skus_in_active_runs(instance: dg.DagsterInstance, ordered_keys: Sequence[str], keys: Sequence[dg.AssetKey]) -> set[str]:
@@ -481,6 +515,10 @@ def _log_problems(log: Any, catalog: Catalog, limit: int = 20) -> None:
         log.warning(f"catalog row not run: {problem.message}")
     if len(problems) > limit:
         log.warning(f"... and {len(problems) - limit} more invalid catalog row(s)")
+
+
+def _chunks(keys: Sequence[str], size: int = PARTITION_CHUNK) -> list[Sequence[str]]:
+    return [keys[start : start + size] for start in range(0, len(keys), size)]
 
 
 def _check_batching(batch_size: int, max_runs_per_tick: int) -> None:

@@ -1,0 +1,321 @@
+"""Benchmark: per-run and per-tick cost at 1,000 to 100,000 SKUs and 0 to 10,000,000 ledger rows.
+
+A grid of catalog sizes by ledger sizes, each cell the wall time of what a 25-SKU run does before
+it spends anything: read the catalog (``CatalogFile.open`` + ``catalog_for``) and plan the batch
+(``plan_batch``: its ledger history, reuse checks, refusals). Then the ticks at 100,000 SKUs: the
+catalog-sync sensor adding every SKU as partitions (each tick evaluated, then its partition
+requests applied the way Dagster's daemon does, key by key), the refresh schedule over a
+1,000,000-row ledger, the cost report over 10,000,000 rows, and the peak memory of planning in a
+fresh process.
+
+Ledgers are generated with SQL (no API calls) and cached with the catalogs under
+``benchmarks/out/``; the first run builds them (the 10,000,000-row one takes a few minutes).
+
+Usage:
+    python benchmarks/bench_scale.py [--profile] [--quick]
+
+``--profile`` prints pyinstrument profiles of the 100,000-SKU / 1,000,000-row planning and of
+a refresh-schedule tick; ``--quick`` leaves out the 10,000,000-row ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import dagster as dg  # noqa: E402
+import duckdb  # noqa: E402
+from results import result  # noqa: E402
+
+from flokan_dagster import SKU_PARTITIONS, CatalogMapping, FlokanLedgerResource  # noqa: E402
+from flokan_dagster.catalog import CatalogFile  # noqa: E402
+from flokan_dagster.image_store import ImageStore  # noqa: E402
+from flokan_dagster.ledger import CreditLedger, cost_summary  # noqa: E402
+from flokan_dagster.ledger.schema import ensure_schema  # noqa: E402
+from flokan_dagster.planning import plan_batch  # noqa: E402
+from flokan_dagster.sensors import build_flokan_catalog_sensor, build_flokan_refresh_schedule  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "out"
+ASSET = "hero_images"
+CATALOG_SIZES = (1_000, 10_000, 100_000)
+LEDGER_SIZES = (0, 100_000, 1_000_000, 10_000_000)
+BATCH = 25
+MAPPING = CatalogMapping(prompt_template="Studio photo of a {color} {material} {title}")
+
+TARGET_PLAN_S, TARGET_PLAN_RATIO = 0.3, 2.0
+TARGET_SYNC_TICKS, TARGET_TICK_S = 3, 40.0
+TARGET_REFRESH_S = 10.0
+TARGET_REPORT_S = 1.0
+TARGET_MEMORY_MB = 300
+
+# Attempts spread over 100,000 SKUs in time order (as a ledger grows), a tenth for another asset.
+_GENERATE = """
+INSERT INTO attempts
+SELECT
+    uuid()::VARCHAR, 'run-' || (i // 25), CASE WHEN i % 10 = 0 THEN 'lifestyle_images' ELSE 'hero_images' END,
+    'SKU-' || lpad(((i * 7919) % 100000)::VARCHAR, 6, '0'), md5(i::VARCHAR),
+    'Studio photo of product ' || (i % 1000), ['pro', 'standard', 'creative'][1 + i % 3], 'platform',
+    NULL, NULL, NULL, NULL, NULL, 'job-' || i, CASE WHEN status IN ('completed', 'failed') THEN status END, 'system',
+    status, CASE WHEN status = 'completed' THEN 20 ELSE 0 END, 25, 5000 + i % 40000,
+    'https://images.flokan.com/u/processed/job-' || i || '.png', 'img-' || i,
+    '/data/images/hero/' || i || '.png', md5('sha' || i), NULL,
+    CASE WHEN i % 97 = 0 THEN 'external' ELSE 'dagster' END,
+    ts, ts, ts + INTERVAL 20 SECOND, ts, ts + INTERVAL 21 SECOND, 1
+FROM (
+    SELECT i, TIMESTAMP '2024-01-01' + to_seconds(i * 3) AS ts,
+           CASE WHEN i % 50 = 0 THEN 'failed' WHEN i % 211 = 0 THEN 'unknown' ELSE 'completed' END AS status
+    FROM range($rows) AS t(i)
+)
+"""
+
+
+def catalog_file(skus: int) -> Path:
+    """The cached CSV catalog of ``skus`` SKUs (``SKU-000000`` ...)."""
+    path = OUT / f"catalog_{skus}.csv"
+    if not path.exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        with duckdb.connect() as conn:
+            conn.execute(
+                f"""COPY (SELECT 'SKU-' || lpad(i::VARCHAR, 6, '0') AS sku, 'product ' || i AS title,
+                                 ['red', 'navy', 'sage green'][1 + i % 3] AS color, ['ceramic', 'linen', 'oak'][1 + i % 3] AS material
+                          FROM range({skus}) t(i)) TO '{path}' (HEADER, DELIMITER ',')"""
+            )
+    return path
+
+
+def ledger_file(rows: int) -> Path:
+    """The cached ledger of ``rows`` generated attempts (built with SQL, indexes created after the insert)."""
+    path = OUT / f"ledger_{rows}.duckdb"
+    if not path.exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        partial = path.with_suffix(".building")
+        partial.unlink(missing_ok=True)
+        with duckdb.connect(str(partial)) as conn:
+            ensure_schema(conn)
+            conn.execute("DROP INDEX attempts_by_sku")
+            if rows:
+                conn.execute(_GENERATE, {"rows": rows})
+            conn.execute("CREATE INDEX attempts_by_sku ON attempts (sku)")
+            conn.execute("CHECKPOINT")
+        partial.rename(path)
+        print(f"  (built {path.name} in {time.perf_counter() - started:.0f} s)", flush=True)
+    return path
+
+
+def working_copy(rows: int, work: Path) -> str:
+    """A copy of the cached ledger that planning may write refusals to."""
+    target = work / f"ledger_{rows}.duckdb"
+    shutil.copyfile(ledger_file(rows), target)
+    return str(target)
+
+
+def batch_of(skus: int) -> list[str]:
+    """25 SKUs from the middle of the catalog."""
+    start = skus // 2
+    return [f"SKU-{i:06d}" for i in range(start, start + BATCH)]
+
+
+def read_and_plan(catalog: Path, ledger: CreditLedger, store: ImageStore, skus: list[str]) -> int:
+    """What a run does before spending: read its catalog rows, plan its batch. Returns the tasks planned."""
+    with CatalogFile.open(catalog, MAPPING) as opened:
+        table = opened.catalog_for(skus)
+    plan = plan_batch(skus, table, ledger=ledger, store=store, asset=ASSET, run_id="bench-run")
+    return len(plan.tasks)
+
+
+def timed(runs: int, fn: Callable[[], object]) -> float:
+    """Median wall time of ``runs`` calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def planning_grid(work: Path, ledger_sizes: tuple[int, ...]) -> dict[tuple[int, int], float]:
+    """Seconds to read the catalog and plan a 25-SKU run, per (catalog SKUs, ledger rows)."""
+    grid: dict[tuple[int, int], float] = {}
+    store = ImageStore(work / "images")
+    for rows in ledger_sizes:
+        ledger = CreditLedger(working_copy(rows, work))
+        for skus in CATALOG_SIZES:
+            catalog = catalog_file(skus)
+            grid[skus, rows] = timed(5, lambda: read_and_plan(catalog, ledger, store, batch_of(skus)))
+        Path(ledger.database).unlink()
+    return grid
+
+
+def print_grid(grid: dict[tuple[int, int], float], ledger_sizes: tuple[int, ...]) -> None:
+    print(f"catalog read + planning of a {BATCH}-SKU run (median of 5, seconds)")
+    print(f"{'catalog SKUs':>14} | " + " | ".join(f"{rows:>11,} rows" for rows in ledger_sizes))
+    print("-" * 16 + "|" + "|".join("-" * 18 for _ in ledger_sizes))
+    for skus in CATALOG_SIZES:
+        print(f"{skus:>14,} | " + " | ".join(f"{grid[skus, rows]:>14.3f} s " for rows in ledger_sizes))
+
+
+def planning_memory(work: Path) -> float:
+    """Peak RSS (MB) of a fresh process that reads the 100,000-SKU catalog and plans against 1,000,000 rows."""
+    database = working_copy(1_000_000, work)
+    code = (
+        "import resource, sys; sys.path.insert(0, 'benchmarks'); import bench_scale as b; from pathlib import Path;"
+        "from flokan_dagster.ledger import CreditLedger; from flokan_dagster.image_store import ImageStore;"
+        f"b.read_and_plan(b.catalog_file(100_000), CreditLedger({database!r}), ImageStore(Path({str(work / 'images')!r})),"
+        " b.batch_of(100_000));"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    Path(database).unlink()
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def apply_like_the_daemon(instance: dg.DagsterInstance, requests: list[object]) -> None:
+    """Apply a tick's partition requests as Dagster's sensor daemon does: an existence check per key, then one add."""
+    for request in requests:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            new = [k for k in request.partition_keys if not instance.has_dynamic_partition(request.partitions_def_name, k)]
+            if new:
+                instance.add_dynamic_partitions(request.partitions_def_name, new)
+        elif isinstance(request, dg.DeleteDynamicPartitionsRequest):
+            for key in request.partition_keys:
+                if instance.has_dynamic_partition(request.partitions_def_name, key):
+                    instance.delete_dynamic_partition(request.partitions_def_name, key)
+
+
+def catalog_sync(work: Path) -> list[tuple[float, float, int, int]]:
+    """Ticks of the catalog-sync sensor until the 100,000 new SKUs are partitions: (evaluate s, apply s, added, runs)."""
+    catalog = catalog_file(100_000)
+    resources = {"flokan_ledger": FlokanLedgerResource(database=working_copy(0, work))}
+    sensor = build_flokan_catalog_sensor([ASSET], catalog=catalog, mapping=MAPPING)
+    ticks: list[tuple[float, float, int, int]] = []
+    with dg.instance_for_test(temp_dir=str(work / "dagster_sync")) as instance:
+        cursor = None
+        while len(instance.get_dynamic_partitions(SKU_PARTITIONS.name)) < 100_000 and len(ticks) < 10:
+            before = len(instance.get_dynamic_partitions(SKU_PARTITIONS.name))
+            context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+            started = time.perf_counter()
+            evaluated = sensor(context)
+            evaluate_s = time.perf_counter() - started
+            started = time.perf_counter()
+            apply_like_the_daemon(instance, list(evaluated.dynamic_partitions_requests or []))
+            apply_s = time.perf_counter() - started
+            cursor = evaluated.cursor
+            added = len(instance.get_dynamic_partitions(SKU_PARTITIONS.name)) - before
+            ticks.append((evaluate_s, apply_s, added, len(evaluated.run_requests or [])))
+            print(f"  sync tick {len(ticks)}: evaluated in {evaluate_s:.1f} s, partitions applied in {apply_s:.1f} s, "
+                  f"{added:,} added, {len(evaluated.run_requests or [])} run(s) requested", flush=True)  # fmt: skip
+    return ticks
+
+
+def refresh_tick(work: Path, profile: bool) -> tuple[float, int]:
+    """One refresh-schedule evaluation over 100,000 partitions and a 1,000,000-row ledger: (seconds, runs)."""
+    resources = {"flokan_ledger": FlokanLedgerResource(database=working_copy(1_000_000, work))}
+    schedule = build_flokan_refresh_schedule([ASSET], catalog=catalog_file(100_000), mapping=MAPPING)
+    with dg.instance_for_test(temp_dir=str(work / "dagster_refresh")) as instance:
+        keys = [f"SKU-{i:06d}" for i in range(100_000)]
+        for start in range(0, len(keys), 10_000):
+            instance.add_dynamic_partitions(SKU_PARTITIONS.name, keys[start : start + 10_000])
+        context = dg.build_schedule_context(instance=instance, resources=resources,
+                                            scheduled_execution_time=datetime.now(timezone.utc))  # fmt: skip
+        with _profiler(profile, "refresh schedule tick, 100,000 SKUs, 1,000,000 rows"):
+            started = time.perf_counter()
+            requests = schedule(context)
+            seconds = time.perf_counter() - started
+    return seconds, len(requests) if isinstance(requests, list) else 0
+
+
+class _profiler:
+    """pyinstrument around a block when asked (``--profile``), printing the slow calls."""
+
+    def __init__(self, enabled: bool, title: str) -> None:
+        self.enabled, self.title, self.profiler = enabled, title, None
+
+    def __enter__(self) -> None:
+        if self.enabled:
+            from pyinstrument import Profiler
+
+            self.profiler = Profiler(interval=0.001)
+            self.profiler.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.profiler is not None:
+            self.profiler.stop()
+            print(f"\n--- profile: {self.title}")
+            print(self.profiler.output_text(unicode=False, color=False, show_all=False))
+
+
+def main() -> None:
+    """Run the grid and the tick benchmarks; print the table and the figures beside their targets."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="store_true", help="print pyinstrument profiles of the 100k/1M cases")
+    parser.add_argument("--quick", action="store_true", help="leave out the 10,000,000-row ledger")
+    args = parser.parse_args()
+    ledger_sizes = LEDGER_SIZES[:-1] if args.quick else LEDGER_SIZES
+    print("preparing catalogs and ledgers in benchmarks/out/ ...", flush=True)
+    for skus in CATALOG_SIZES:
+        catalog_file(skus)
+    for rows in ledger_sizes:
+        ledger_file(rows)
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        work = Path(tmp)
+        grid = planning_grid(work, ledger_sizes)
+        print_grid(grid, ledger_sizes)
+        if args.profile:
+            ledger = CreditLedger(working_copy(1_000_000, work))
+            store = ImageStore(work / "images")
+            with _profiler(True, "catalog read + planning, 100,000 SKUs, 1,000,000 rows (10 runs)"):
+                for _ in range(10):
+                    read_and_plan(catalog_file(100_000), ledger, store, batch_of(100_000))
+        big, small = grid[100_000, 1_000_000], grid[1_000, 0]
+        ratio = big / small
+        result(f"catalog read + planning of a {BATCH}-SKU run, 100,000 SKUs, 1,000,000 rows",
+               f"{big:.3f} s ({ratio:.1f}x the {small:.3f} s at 1,000 SKUs, empty ledger)",
+               f"< {TARGET_PLAN_S} s and < {TARGET_PLAN_RATIO:.0f}x", big < TARGET_PLAN_S and ratio < TARGET_PLAN_RATIO)  # fmt: skip
+        if 10_000_000 in ledger_sizes:
+            result(f"catalog read + planning of a {BATCH}-SKU run, 100,000 SKUs, 10,000,000 rows",
+                   f"{grid[100_000, 10_000_000]:.3f} s")  # fmt: skip
+        memory = planning_memory(work)
+        print(f"peak memory of a fresh process planning at 100,000 SKUs / 1,000,000 rows: {memory:.0f} MB")
+        result("peak memory of planning, 100,000 SKUs, 1,000,000 rows", f"{memory:.0f} MB", f"< {TARGET_MEMORY_MB} MB",
+               memory < TARGET_MEMORY_MB)  # fmt: skip
+
+        print("\ncatalog-sync sensor, 100,000 new SKUs, empty partitions:")
+        ticks = catalog_sync(work)
+        slowest = max(e + a for e, a, _, _ in ticks)
+        result("catalog-sync sensor adding 100,000 new SKUs",
+               f"{len(ticks)} tick(s), slowest {slowest:.1f} s (evaluate + apply)",
+               f"<= {TARGET_SYNC_TICKS} ticks, each < {TARGET_TICK_S:.0f} s",
+               len(ticks) <= TARGET_SYNC_TICKS and slowest < TARGET_TICK_S)  # fmt: skip
+
+        seconds, runs = refresh_tick(work, args.profile)
+        print(f"\nrefresh schedule tick over 100,000 SKUs and 1,000,000 rows: {seconds:.1f} s, {runs} run(s) requested")
+        result("refresh schedule tick over 100,000 SKUs, 1,000,000 rows", f"{seconds:.1f} s", f"< {TARGET_REFRESH_S:.0f} s",
+               seconds < TARGET_REFRESH_S)  # fmt: skip
+
+        report_rows = max(ledger_sizes)
+        ledger = CreditLedger(str(ledger_file(report_rows)))
+        report_s = timed(3, lambda: cost_summary(ledger))
+        summary = cost_summary(ledger)
+        print(f"\ncost report over {report_rows:,} rows: {report_s:.3f} s median "
+              f"({summary['attempts']:,} attempts, {summary['credits']:,} credits)")  # fmt: skip
+        result(f"cost report over {report_rows:,} ledger rows", f"{report_s:.3f} s", f"< {TARGET_REPORT_S:.0f} s",
+               report_s < TARGET_REPORT_S)  # fmt: skip
+        print(json.dumps({f"{k[0]}x{k[1]}": round(v, 4) for k, v in grid.items()}))
+
+
+if __name__ == "__main__":
+    main()
