@@ -3,8 +3,8 @@
 Planning has three stages, each reading or writing only the batch's own SKUs:
 
 1. **Read**: the batch's catalog rows (:meth:`CatalogFile.catalog_for`, done by the caller) and
-   the batch's ledger history, the asset's and its upstream's (:func:`read_history`: one index
-   lookup per SKU, never the whole ledger).
+   the attempts that decide the batch, the asset's and its upstream's (:func:`read_history`:
+   unsettled attempts and the latest completed ones, chosen in SQL; never the whole ledger).
 2. **Decide** (:func:`decide`): an unchanged SKU whose image is in the store is reused (nothing
    spent); one whose paid image is missing from the store is downloaded again; a bad catalog
    row, or a chained edit whose upstream has no image yet, fails by name. Everything else
@@ -47,7 +47,10 @@ class BatchPlan:
 
 @dataclass
 class BatchHistory:
-    """The ledger rows of a batch's SKUs, by SKU: the asset's own and its upstream's.
+    """The attempts that decide a batch's SKUs, by SKU: the asset's own and its upstream's.
+
+    Holds what :meth:`CreditLedger.deciding_attempts` returns (unsettled attempts and the latest
+    completed ones); :func:`decide` gives the same plan for it as for every attempt.
 
     Attributes:
         attempts: The asset's attempts per SKU, oldest first.
@@ -59,7 +62,7 @@ class BatchHistory:
 
 
 def read_history(ledger: CreditLedger, skus: Iterable[str], asset: str, upstream: str | None = None) -> BatchHistory:
-    """Read the ledger rows of ``skus`` for ``asset`` (and ``upstream``) in one pass over the SKU index.
+    """Read the attempts that decide ``skus`` for ``asset`` (and ``upstream``): one query, sized by the batch.
 
     Example:
         >>> read_history(ledger, ["MUG-1"], "hero_images").attempts["MUG-1"][0].status  # doctest: +SKIP
@@ -69,7 +72,7 @@ def read_history(ledger: CreditLedger, skus: Iterable[str], asset: str, upstream
     history = BatchHistory()
     own: dict[str, list[AttemptRecord]] = defaultdict(list)
     theirs: dict[str, list[AttemptRecord]] = defaultdict(list)
-    for record in ledger.attempts_for_skus(assets, skus):
+    for record in ledger.deciding_attempts(assets, skus):
         if record.sku is None:
             continue
         if record.asset == asset:

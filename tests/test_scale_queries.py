@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from flokan_dagster.catalog import CatalogFile, CatalogMapping, load_catalog, partition_changes
+from flokan_dagster.catalog import Catalog, CatalogFile, CatalogMapping, SkuSpec, load_catalog, partition_changes
+from flokan_dagster.image_store import ImageStore
 from flokan_dagster.ledger import CreditLedger
 from flokan_dagster.ledger.records import LedgerEvent
+from flokan_dagster.planning import BatchHistory, decide, read_history
 
 ASSETS = ("hero", "lifestyle", "thumbs")
 SKUS = [f"S-{i}" for i in range(12)] + ["Café-1", "  padded  "]
@@ -105,3 +107,36 @@ def test_catalog_for_equals_the_whole_catalog_restricted(tmp_path: Path) -> None
         assert catalog_file.partition_keys == whole.partition_keys
         for existing in ([], ["A-1", "Z-9"], whole.partition_keys, ["Z-9", "Café-3", "Y"]):
             assert catalog_file.partition_changes(existing) == partition_changes(whole.partition_keys, existing)
+
+
+class _FixedPrint(SkuSpec):
+    """A spec whose fingerprint is one the generated ledger uses, so reuse and settling paths are taken."""
+
+    def fingerprint(self, upstream: str | None = None) -> str:
+        return f"fp{sum(map(ord, self.sku)) % 3}"
+
+
+@pytest.mark.parametrize("upstream", [None, "hero"])
+@pytest.mark.parametrize("asset", ["hero", "lifestyle", "thumbs"])
+def test_the_deciding_attempts_give_the_plan_every_attempt_gives(ledger: CreditLedger, asset: str, upstream: str | None,
+                                                                  tmp_path: Path) -> None:  # fmt: skip
+    catalog = Catalog(specs={sku: _FixedPrint(sku, "p", "pro", None, None, None, None, n) for n, sku in enumerate(SKUS)})
+    store = ImageStore(tmp_path / "images")
+    everything = BatchHistory()
+    for record in ledger.attempts_for_skus(None, SKUS):
+        if record.asset == asset:
+            everything.attempts.setdefault(record.sku or "", []).append(record)
+        if record.asset == upstream:
+            everything.upstream.setdefault(record.sku or "", []).append(record)
+    chosen = read_history(ledger, SKUS, asset, upstream)
+    assert sum(map(len, chosen.attempts.values())) <= sum(map(len, everything.attempts.values()))
+    kinds = set()
+    for force in (False, True):
+        for run_id in (None, "run-3"):
+            expected = decide(SKUS, catalog, everything, store=store, run_id=run_id, upstream=upstream, force=force,
+                              run_is_live=lambda run: run == "run-1")  # fmt: skip
+            found = decide(SKUS, catalog, chosen, store=store, run_id=run_id, upstream=upstream, force=force,
+                           run_is_live=lambda run: run == "run-1")  # fmt: skip
+            assert found == expected
+            kinds |= {(t.reuse is not None, bool(t.unsettled)) for t in found.tasks}
+    assert (True, False) in kinds or upstream  # a reusable attempt was chosen (without an upstream image to wait for)

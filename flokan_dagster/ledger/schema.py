@@ -89,9 +89,6 @@ TABLES: Final[tuple[str, ...]] = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS attempt_jobs_by_job ON attempt_jobs (job_id)",
-    # A run reads only its own SKUs' attempts: one index lookup per SKU instead of a scan of a
-    # ledger that grows for years (CreditLedger.attempts_for_skus).
-    "CREATE INDEX IF NOT EXISTS attempts_by_sku ON attempts (sku)",
 )
 
 VIEWS: Final[tuple[str, ...]] = (

@@ -72,6 +72,8 @@ _SELECT_COLUMNS: Final = ", ".join(COLUMNS)
 # Identities of attempts this ledger object began, kept for their later events (a batch of many
 # thousand SKUs fits; the oldest are dropped first and then read back from the ledger if needed).
 _IDENTITY_CACHE: Final = 100_000
+# The read source when nothing waits in the spool: the table itself (so ``rowid`` is usable).
+_PLAIN_SOURCE: Final = "WITH current_attempts AS (SELECT * FROM attempts)"
 
 
 class CreditLedger:
@@ -651,8 +653,8 @@ class CreditLedger:
     def attempts_for(self, asset: str | None = None, sku: str | None = None) -> list[AttemptRecord]:
         """Return all rows, optionally for one asset and/or SKU, oldest first.
 
-        With a SKU this reads through the SKU index (see :meth:`attempts_for_skus`); without one
-        it reads every row of the asset, which grows with the ledger: for reports and tests.
+        With a SKU this reads that SKU's rows (see :meth:`attempts_for_skus`); without one it
+        reads every row of the asset, which grows with the ledger: for reports and tests.
 
         Example:
             >>> [a.status for a in ledger.attempts_for(sku="MUG-1")]  # doctest: +SKIP
@@ -667,10 +669,8 @@ class CreditLedger:
     def attempts_for_skus(self, asset: str | Iterable[str] | None, skus: Iterable[str]) -> list[AttemptRecord]:
         """Return the rows of ``skus`` (for ``asset``, or any of several assets), oldest first.
 
-        What a run reads: its cost follows the number of SKUs asked for, not the ledger's size.
-        Each SKU is one equality lookup on the ``attempts_by_sku`` index (DuckDB uses an index
-        for a single-column equality, not for an ``IN`` list or a second predicate, so the
-        asset is filtered here, before rows become records).
+        The database filters: a semi-join on the SKU column, the asset filtered alongside.
+        Runs read less still (:meth:`deciding_attempts`).
 
         Args:
             asset: An asset key string, several (a run and its upstream), or None for every asset.
@@ -681,22 +681,58 @@ class CreditLedger:
             ['MUG-1', 'MUG-2', 'MUG-1']
         """
         wanted = sorted({str(sku) for sku in skus})
-        assets = None if asset is None else {asset} if isinstance(asset, str) else set(asset)
-        if not wanted or assets == set():
+        assets = None if asset is None else [asset] if isinstance(asset, str) else sorted(set(asset))
+        if not wanted or assets == []:
             return []
-        asset_at = COLUMNS.index("asset")
+        return self._query(
+            "WHERE sku IN (SELECT unnest(?::VARCHAR[])) AND (? OR asset IN (SELECT unnest(?::VARCHAR[])))"
+            " ORDER BY recorded_at, attempt_id",
+            [wanted, assets is None, assets or []],
+        )
 
-        def run(conn: duckdb.DuckDBPyConnection, source: str) -> list[tuple[Any, ...]]:
-            rows: list[tuple[Any, ...]] = []
-            statement = f"{source} SELECT {_SELECT_COLUMNS} FROM current_attempts WHERE sku = ?"
-            for sku in wanted:
-                found = conn.execute(statement, [sku]).fetchall()
-                rows.extend(row for row in found if assets is None or row[asset_at] in assets)
-            return rows
+    def deciding_attempts(self, assets: Iterable[str], skus: Iterable[str]) -> list[AttemptRecord]:
+        """Return the attempts that decide a batch's plan, oldest first: what a run reads before spending.
 
-        records = [AttemptRecord.from_row(dict(zip(COLUMNS, row))) for row in self._read(run)]
-        records.sort(key=lambda r: (r.recorded_at, r.attempt_id))
-        return records
+        For each of ``assets`` and ``skus``: every unsettled attempt (``unknown`` or ``pending``),
+        and the latest completed attempt with a result image, both per input fingerprint and
+        over all fingerprints (the upstream image a chained edit starts from). "Latest" orders
+        as planning does: by completion (else update, else record) time, then revision, the
+        earliest recorded winning a tie.
+
+        The SKUs are found by scanning only the narrow columns; whole rows are read only for
+        the few attempts chosen, so the cost follows the batch, not the history: a ledger of
+        years holds many superseded attempts per SKU, and reading each whole is what made
+        planning slow.
+
+        Example:
+            >>> [a.status for a in ledger.deciding_attempts(["images"], ["MUG-1"])]  # doctest: +SKIP
+            ['completed']
+        """
+        wanted, kinds = sorted({str(s) for s in skus}), sorted({str(a) for a in assets})
+        if not wanted or not kinds:
+            return []
+
+        def run(conn: duckdb.DuckDBPyConnection, source: str) -> list[AttemptRecord]:
+            # Without spooled events the table is read directly and rows are fetched by rowid.
+            table, row_key = ("attempts", "rowid") if source == _PLAIN_SOURCE else ("current_attempts", "attempt_id")
+            latest = "ORDER BY coalesce(completed_at, updated_at, recorded_at) DESC, coalesce(revision, 0) DESC, recorded_at, attempt_id"
+            made = "(status = 'completed' AND result_image_id IS NOT NULL)"
+            cursor = conn.execute(
+                f"""{source}, candidates AS (
+                    SELECT {row_key} AS row_key, status, {made} AS made,
+                           row_number() OVER (PARTITION BY asset, sku, fingerprint, {made} {latest}) AS nth_for_print,
+                           row_number() OVER (PARTITION BY asset, sku, {made} {latest}) AS nth
+                    FROM {table}
+                    WHERE sku IN (SELECT unnest(?::VARCHAR[])) AND asset IN (SELECT unnest(?::VARCHAR[])))
+                SELECT {_SELECT_COLUMNS} FROM {table}
+                WHERE {row_key} IN (SELECT row_key FROM candidates
+                                    WHERE status IN ('unknown', 'pending') OR (made AND (nth_for_print = 1 OR nth = 1)))
+                ORDER BY recorded_at, attempt_id""",
+                [wanted, kinds],
+            )
+            return [AttemptRecord.from_row(dict(zip(COLUMNS, row))) for row in cursor.fetchall()]
+
+        return self._read(run)
 
     def stale_skus(self, asset: str, fingerprints: Mapping[str, str]) -> list[str]:
         """Return the SKUs of ``fingerprints`` whose latest completed image of ``asset`` has another fingerprint.
@@ -864,7 +900,7 @@ class CreditLedger:
         with self._process_lock, self._reader() as conn:
             spooled = [event for _, event in self.spool.pending()]
             if not spooled:
-                return query(conn, "WITH current_attempts AS (SELECT * FROM attempts)")
+                return query(conn, _PLAIN_SOURCE)
             conn.execute("CREATE TEMP TABLE spool_overlay AS SELECT * FROM attempts LIMIT 0")
             replaced, rows = fold_with_stored(conn, spooled)
             insert_rows(conn, "spool_overlay", rows)
