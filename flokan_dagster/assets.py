@@ -257,6 +257,8 @@ def _shape_spec(
     if replace:
         spec = spec.replace_attributes(**replace)
     return spec.merge_attributes(**merge) if merge else spec
+
+
 def _batch_catalog(path: str, mapping: CatalogMapping, table: str | None, skus: list[str]) -> Catalog:
     """The batch's rows of the catalog (the file is read once, only these rows become specs)."""
     try:
