@@ -50,7 +50,7 @@ def outcomes_of(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], dict
     failed: dict[str, str] = {}
     for event in result.get_step_failure_events():
         data = event.step_failure_data.user_failure_data
-        if data is not None and "failed_skus" in data.metadata:
+        if data is not None and "flokan/failed_skus" in data.metadata:
             failed.update(data.metadata["flokan/failed_skus"].value)  # type: ignore[arg-type]
     return made, failed
 
