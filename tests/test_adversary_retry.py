@@ -46,12 +46,14 @@ def outcomes_of(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], dict
     made: dict[str, str] = {}
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization  # type: ignore[union-attr]
-        made[materialization.partition] = materialization.metadata["flokan/outcome"].value  # type: ignore[index]
+        metadata = materialization.metadata
+        made[materialization.partition] = (metadata.get("flokan/outcome") or metadata["outcome"]).value  # type: ignore[index,union-attr]
     failed: dict[str, str] = {}
     for event in result.get_step_failure_events():
         data = event.step_failure_data.user_failure_data
-        if data is not None and "flokan/failed_skus" in data.metadata:
-            failed.update(data.metadata["flokan/failed_skus"].value)  # type: ignore[arg-type]
+        for key in ("flokan/failed_skus", "failed_skus"):
+            if data is not None and key in data.metadata:
+                failed.update(data.metadata[key].value)  # type: ignore[arg-type]
     return made, failed
 
 
