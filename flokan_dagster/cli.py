@@ -51,10 +51,11 @@ from flokan_dagster.demo import (
     gallery_dir,
     images_dir,
     ledger_path,
+    open_demo_ledger,
+    open_demo_store,
     prepare_dagster_home,
 )
 from flokan_dagster.gallery import write_gallery
-from flokan_dagster.image_store import ImageStore
 from flokan_dagster.ledger import CreditLedger, cost_summary, render_markdown
 from flokan_dagster.reconcile import reconcile
 from flokan_dagster.runs import console_log_level, materialize_skus
@@ -245,11 +246,11 @@ def _root_cause(error: Any) -> str:
 def reconcile_command(args: argparse.Namespace) -> int:
     """The ``reconcile`` command: one pass of the reconciliation sensor's code."""
     settings = DemoSettings.from_env()
-    ledger = CreditLedger(str(ledger_path(settings.data_dir)))
+    ledger = open_demo_ledger(settings.data_dir)
     cursor_file = settings.data_dir / "reconcile_cursor.json"
     cursor = cursor_file.read_text() if cursor_file.exists() else None
     with FlokanClient(api_key=settings.api_key, base_url=settings.base_url) as client:
-        result = reconcile(client, ledger, ImageStore(images_dir(settings.data_dir)), cursor)
+        result = reconcile(client, ledger, open_demo_store(settings.data_dir), cursor)
     cursor_file.write_text(result.cursor.to_json())
     ledger.flush_spool()
     print(result.summary.describe())
@@ -261,6 +262,8 @@ def reconcile_command(args: argparse.Namespace) -> int:
 
 
 def _existing_ledger() -> CreditLedger:
+    if os.environ.get("FLOKAN_LEDGER_DATABASE"):  # the shared ledger (deploy/): always there
+        return open_demo_ledger(data_dir_from_env())
     database = ledger_path(data_dir_from_env())
     if not database.exists():
         raise UsageError(f"no ledger at {database}: run `flokan-dagster materialize` (or `make demo`) first")
@@ -329,7 +332,7 @@ def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def gallery(args: argparse.Namespace) -> int:
     """The ``gallery`` command: write the gallery from the ledger and the image store, print its paths."""
     data_dir = data_dir_from_env()
-    written = write_gallery(_existing_ledger(), gallery_dir(data_dir), IMAGE_ASSETS, ImageStore(images_dir(data_dir)))
+    written = write_gallery(_existing_ledger(), gallery_dir(data_dir), IMAGE_ASSETS, open_demo_store(data_dir))
     print(f"{written.skus} SKUs, {written.images} images, {written.credits} credits; "
           f"{written.failing} SKU(s) whose latest attempt did not complete")  # fmt: skip
     print(f"gallery: {written.index}")

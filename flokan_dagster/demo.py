@@ -30,6 +30,8 @@ from flokan_dagster.assets import build_flokan_image_asset
 from flokan_dagster.catalog import CatalogMapping
 from flokan_dagster.catalog_asset import build_flokan_catalog_asset
 from flokan_dagster.gallery import build_gallery_asset
+from flokan_dagster.image_store import ImageStore
+from flokan_dagster.ledger import CreditLedger
 from flokan_dagster.report import build_automation_sensor, build_cost_report_asset
 from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, ImageStoreResource
 from flokan_dagster.sensors import (
@@ -174,6 +176,16 @@ def ledger_resource(data_dir: Path) -> FlokanLedgerResource:
         return FlokanLedgerResource(database=str(ledger_path(data_dir)))
     spool = os.environ.get("FLOKAN_LEDGER_SPOOL_DIR") or str(data_dir / "ledger.spool")
     return FlokanLedgerResource(database=dg.EnvVar("FLOKAN_LEDGER_DATABASE"), spool_dir=spool)
+
+
+def open_demo_ledger(data_dir: Path) -> CreditLedger:
+    """The ledger the demo's runs write to (shared when ``FLOKAN_LEDGER_DATABASE`` is set), for the CLI."""
+    return ledger_resource(data_dir).process_config_and_initialize().get_ledger()
+
+
+def open_demo_store(data_dir: Path) -> ImageStore:
+    """The image store the demo's runs write to (shared when ``FLOKAN_IMAGE_STORE`` is set), for the CLI."""
+    return image_store_resource(data_dir).get_store()
 
 
 def image_store_resource(data_dir: Path) -> ImageStoreResource:

@@ -3,6 +3,8 @@ durable spool, and writer processes on "different machines" (separate spools) lo
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -178,3 +180,16 @@ def test_a_merge_that_waited_for_another_folds_the_events_that_one_committed(pos
     assert row is not None
     assert (row.status, row.sku, row.estimated_credits, row.job_id, row.credits_consumed) == (
         "completed", "MUG-1", 50, "job-1", 50)  # fmt: skip
+
+
+def test_the_cli_reports_from_the_shared_ledger(postgres_dsn: str, tmp_path: Path) -> None:
+    database = fresh_database(postgres_dsn)
+    ledger = CreditLedger(database, spool_dir=tmp_path / "spool")
+    attempt = ledger.begin_attempt(asset="hero_images", sku="MUG-1", prompt="p", model_tier="pro")
+    ledger.finish_attempt(attempt, status="completed", job_id="job-1", credits_consumed=50)
+    env = {**os.environ, "FLOKAN_LEDGER_DATABASE": database, "FLOKAN_LEDGER_SPOOL_DIR": str(tmp_path / "cli-spool"),
+           "FLOKAN_DATA_DIR": str(tmp_path / "data")}  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "flokan_dagster.cli", "report", "--json"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["credits"] == 50
