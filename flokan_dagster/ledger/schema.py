@@ -215,6 +215,9 @@ def _ensure_postgres_schema(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute("CALL pg_clear_cache()")
         for statement in TABLES:
             conn.execute(statement)
+        # Writes look attempts up by job id (one job, one row); PostgreSQL needs the index to
+        # answer that without reading the table.
+        conn.execute("CREATE INDEX IF NOT EXISTS attempts_by_job ON attempts (job_id)")
         found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
         version = found[0] if found else None
         if version is None:
