@@ -110,9 +110,14 @@ def plan_batch(
             right now fails here: settling that attempt could see its job "absent" a moment
             before the server accepts it, and pay a second time.
     """
-    history = read_history(ledger, skus, asset, upstream)
-    plan = decide(skus, catalog, history, store=store, run_id=run_id, upstream=upstream, force=force,
+    # A damaged spool file may hold part of these SKUs' history (even a paid attempt's record):
+    # nothing is decided for them, not even reuse, until `flokan-dagster ledger doctor` resolves it.
+    quarantined = ledger.quarantine_blocks(asset, skus)
+    open_skus = [sku for sku in skus if sku not in quarantined]
+    history = read_history(ledger, open_skus, asset, upstream)
+    plan = decide(open_skus, catalog, history, store=store, run_id=run_id, upstream=upstream, force=force,
                   run_is_live=run_is_live)  # fmt: skip
+    plan.settled.extend(SkuOutcome(sku, "failed", error=f"SKU {sku!r}: {why}") for sku, why in quarantined.items())
     for sku, error in plan.rejected:
         ledger.record_rejected(asset=asset, sku=sku, error=error, run_id=run_id)
     return plan

@@ -304,6 +304,10 @@ def fold_events(events: Iterable[LedgerEvent]) -> dict[str, Any]:
 # The fields that name an attempt: every event of an attempt carries them (issue 10), so a row can
 # be rebuilt from any of its events, and an event an adoption lost keeps only these.
 IDENTITY_FIELDS: Final[tuple[str, ...]] = ("asset", "sku", "fingerprint", "run_id")
+# What an attempt was (never changes after ``begin``): its identity, the request as sent, when it
+# was sent and its estimate. Later events carry these too, so a lost ``begin`` loses nothing a
+# settlement needs (matching a job in GET /jobs uses the request fields and ``sent_at``).
+DESCRIPTION_FIELDS: Final[tuple[str, ...]] = (*IDENTITY_FIELDS, *REQUEST_FIELDS, "sent_at", "estimated_credits")
 # Events whose job id came straight from the server's answer to this attempt's own /process call.
 DIRECT_KINDS: Final[frozenset[str]] = frozenset({"finish"})
 
@@ -321,7 +325,7 @@ def fold_attempts(events_by_attempt: Mapping[str, Iterable[LedgerEvent]]) -> dic
     A job id set on two non-external attempts goes to the one the server answered directly (its
     ``finish`` event carries the job id) over one that adopted it (``settle``); between equals,
     to the earliest event, then the smaller attempt id. The losing attempt's events that set that
-    job keep only the attempt's identity, so its row is what it was before it adopted the job,
+    job keep only what describes the attempt (``DESCRIPTION_FIELDS``), so its row is what it was before it adopted the job,
     and a row left ``pending`` (or with no status) becomes ``unknown``: it was sent and its
     outcome must be settled again. The result depends only on the set of events given, never on
     their order or repetition. External rows are not considered here (they yield to any attempt
@@ -343,7 +347,7 @@ def fold_attempts(events_by_attempt: Mapping[str, Iterable[LedgerEvent]]) -> dic
             rows[attempt_id] = fold_events(
                 [
                     dataclasses.replace(
-                        e, fields={k: v for k, v in e.fields.items() if k in IDENTITY_FIELDS}, clear=()
+                        e, fields={k: v for k, v in e.fields.items() if k in DESCRIPTION_FIELDS}, clear=()
                     )
                     if e.fields.get("job_id") in dropped
                     else e

@@ -38,7 +38,7 @@ from flokan_dagster.ledger.journal import apply_events, fold_with_stored, insert
 from flokan_dagster.ledger.locking import ledger_file_lock
 from flokan_dagster.ledger.records import (
     COLUMNS,
-    IDENTITY_FIELDS,
+    DESCRIPTION_FIELDS,
     AttemptRecord,
     LedgerEvent,
     external_attempt_id,
@@ -792,10 +792,11 @@ class CreditLedger:
         with self._identities_lock:
             if len(self._identities) >= _IDENTITY_CACHE:
                 self._identities.pop(next(iter(self._identities)))
-            self._identities[attempt_id] = {k: fields[k] for k in IDENTITY_FIELDS if fields.get(k) is not None}
+            self._identities[attempt_id] = {k: fields[k] for k in DESCRIPTION_FIELDS if fields.get(k) is not None}
 
     def _identity(self, attempt_id: str) -> dict[str, Any]:
-        """The attempt's asset, SKU, fingerprint and run id, for an event to carry (issue 10).
+        """What describes the attempt (asset, SKU, fingerprint, run id, the request as sent, when,
+        its estimate: ``records.DESCRIPTION_FIELDS``), for every later event to carry (issue 10).
 
         From this process's memory when it began the attempt, else from the ledger (spool
         included). If the ledger cannot be read now, the event goes without: it is still recorded
@@ -812,7 +813,7 @@ class CreditLedger:
             return {}
         if record is None:
             return {}
-        identity = {k: getattr(record, k) for k in IDENTITY_FIELDS if getattr(record, k) is not None}
+        identity = {k: getattr(record, k) for k in DESCRIPTION_FIELDS if getattr(record, k) is not None}
         self._remember_identity(attempt_id, identity)
         return identity
 
