@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flokan_dagster.api import rules
 from flokan_dagster.catalog_file import CatalogColumns, CatalogFileError, load_rows
+from flokan_dagster.sql_lists import UNNEST_TEXT, text_list
 
 __all__ = [
     "Catalog", "CatalogFile", "CatalogFileError", "CatalogMapping", "ImageSourceSpec", "RowProblem", "SkuSpec",
@@ -370,9 +371,9 @@ class CatalogFile:
                 self.unkeyed.append(RowProblem("" if raw is None else raw, self.mapping.sku_column, exc.rule, number))
         if rows:
             self._conn.execute(
-                "UPDATE catalog_keys SET key = fixed.key FROM (SELECT unnest(?) AS r, unnest(?) AS key) AS fixed"
-                " WHERE catalog_keys.__row = fixed.r",
-                [rows, keys],
+                "UPDATE catalog_keys SET key = fixed.key FROM (SELECT CAST(unnest(string_split(?, chr(31))) AS BIGINT) AS r,"
+                " unnest(string_split(?, chr(31))) AS key) AS fixed WHERE catalog_keys.__row = fixed.r",
+                [text_list(rows), text_list(keys)],
             )
 
     @property
@@ -391,12 +392,12 @@ class CatalogFile:
         """
         existing_keys = list(existing)
         added = self._conn.execute(
-            "SELECT key FROM catalog_keys WHERE key IS NOT NULL EXCEPT SELECT unnest(?::VARCHAR[]) ORDER BY 1",
-            [existing_keys],
+            f"SELECT key FROM catalog_keys WHERE key IS NOT NULL EXCEPT SELECT value FROM {UNNEST_TEXT} ORDER BY 1",
+            [text_list(existing_keys)],
         ).fetchall()
         deleted = self._conn.execute(
-            "SELECT unnest(?::VARCHAR[]) AS key EXCEPT SELECT key FROM catalog_keys WHERE key IS NOT NULL ORDER BY 1",
-            [existing_keys],
+            f"SELECT value FROM {UNNEST_TEXT} EXCEPT SELECT key FROM catalog_keys WHERE key IS NOT NULL ORDER BY 1",
+            [text_list(existing_keys)],
         ).fetchall()
         return [row[0] for row in added], [row[0] for row in deleted]
 
@@ -409,41 +410,37 @@ class CatalogFile:
         wanted = sorted(set(skus))
         if not wanted:
             return Catalog()
-        return self._build(
-            "SELECT key, list(__row ORDER BY __row) FROM catalog_keys WHERE key IN (SELECT unnest(?::VARCHAR[]))"
-            " GROUP BY key ORDER BY min(__row)",
-            [wanted],
-        )
+        return self._build(f"key IN (SELECT value FROM {UNNEST_TEXT})", [text_list(wanted)])
 
     def catalog(self) -> Catalog:
         """Every row: specs, problems and unusable SKUs (work proportional to the catalog)."""
-        catalog = self._build(
-            "SELECT key, list(__row ORDER BY __row) FROM catalog_keys WHERE key IS NOT NULL GROUP BY key ORDER BY min(__row)", []
-        )
+        catalog = self._build("key IS NOT NULL", [])
         catalog.unkeyed = list(self.unkeyed)
         return catalog
 
-    def _build(self, grouped_sql: str, params: list[Any]) -> Catalog:
+    def _build(self, where_sql: str, params: list[Any]) -> Catalog:
+        """Specs and problems of the keys meeting ``where_sql``: each key's rows, the cells of a single one."""
         catalog = Catalog()
-        groups = self._conn.execute(grouped_sql, params).fetchall()
-        single = [rows[0] for _, rows in groups if len(rows) == 1]
-        cells = ", ".join(f"c{i}" for i in range(len(self.columns.header)))
-        found = {
-            number: (dict(zip(self.columns.header, values, strict=True)), extra)
-            for number, extra, *values in self._conn.execute(
-                f"SELECT __row, __extra, {cells} FROM catalog_rows WHERE __row IN (SELECT unnest(?::BIGINT[]))", [single]
-            ).fetchall()
-        }  # fmt: skip
+        cells = ", ".join(f"r.c{i}" for i in range(len(self.columns.header)))
+        found = self._conn.execute(
+            f"""WITH groups AS (
+                SELECT key, list(__row ORDER BY __row) AS rows FROM catalog_keys WHERE {where_sql} GROUP BY key)
+            SELECT g.key, g.rows, r.__extra, {cells} FROM groups g
+            LEFT JOIN catalog_rows r ON len(g.rows) = 1 AND r.__row = g.rows[1]
+            ORDER BY g.rows[1]""",
+            params,
+        ).fetchall()
         base_dir = Path(self.mapping.base_dir or self.path.resolve().parent)
-        for key, rows in groups:
+        width = len(self.columns.header)
+        for key, rows, extra, *values in found:
             if len(rows) > 1:
                 catalog.problems[key] = _duplicate(key, rows, self.mapping)
                 continue
-            row, extra = found[rows[0]]
             if extra is not None:
-                rule = f"has more cells than the header's {len(self.columns.header)} columns; quote a cell that holds the delimiter"
+                rule = f"has more cells than the header's {width} columns; quote a cell that holds the delimiter"
                 catalog.problems[key] = RowProblem(key, "(row)", rule, rows[0])
                 continue
+            row = dict(zip(self.columns.header, values, strict=True))
             _add_row(catalog, key, row, rows[0], self.mapping, base_dir)
         return catalog
 

@@ -19,6 +19,7 @@ from flokan_dagster.image_store import ImageStore
 from flokan_dagster.ledger import CreditLedger
 from flokan_dagster.ledger.records import LedgerEvent
 from flokan_dagster.planning import BatchHistory, decide, read_history
+from tests.servers import LEDGER_BACKENDS, ledger_on
 
 ASSETS = ("hero", "lifestyle", "thumbs")
 SKUS = [f"S-{i}" for i in range(12)] + ["Café-1", "  padded  "]
@@ -140,3 +141,22 @@ def test_the_deciding_attempts_give_the_plan_every_attempt_gives(ledger: CreditL
             assert found == expected
             kinds |= {(t.reuse is not None, bool(t.unsettled)) for t in found.tasks}
     assert (True, False) in kinds or upstream  # a reusable attempt was chosen (without an upstream image to wait for)
+
+
+@pytest.mark.parametrize("backend", LEDGER_BACKENDS)
+def test_the_batch_reads_on_every_backend(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    ledger = ledger_on(backend, request, tmp_path)
+    for n, (sku, status, print_) in enumerate([("A", "completed", "f1"), ("A", "completed", "f2"), ("A", "unknown", "f2"),
+                                               ("B", "failed", "f1"), ("B", "completed", "f1"), ("C", "completed", "f3")]):
+        aid = ledger.begin_attempt(asset="hero", sku=sku, prompt="p", model_tier="pro", fingerprint=print_, run_id=f"r{n}")
+        if status != "unknown":
+            ledger.finish_attempt(aid, status=status, job_id=f"j{n}", result_image_id=f"i{n}")
+        else:
+            ledger.finish_attempt(aid, status="unknown")
+    whole = [a for a in ledger.attempts_for(asset="hero") if a.sku in ("A", "B")]
+    assert ledger.attempts_for_skus("hero", ["A", "B"]) == whole
+    deciding = ledger.deciding_attempts(["hero"], ["A", "B"])
+    # A: f1's and f2's latest completed and the unknown one; B: its completed attempt (the failed one decides nothing).
+    assert sorted((a.sku, a.status, a.fingerprint) for a in deciding) == [
+        ("A", "completed", "f1"), ("A", "completed", "f2"), ("A", "unknown", "f2"), ("B", "completed", "f1")]
+    assert ledger.stale_skus("hero", {"A": "f2", "B": "f2", "C": "f3", "D": "f1"}) == ["B", "D"]

@@ -48,6 +48,8 @@ from flokan_dagster.ledger.records import (
 )
 from flokan_dagster.ledger.schema import ensure_schema
 from flokan_dagster.ledger.spool import QuarantinedFile, Spool
+from flokan_dagster.ledger.backend import uses_postgres
+from flokan_dagster.sql_lists import UNNEST_TEXT, text_list
 
 logger = logging.getLogger(__name__)
 
@@ -685,9 +687,9 @@ class CreditLedger:
         if not wanted or assets == []:
             return []
         return self._query(
-            "WHERE sku IN (SELECT unnest(?::VARCHAR[])) AND (? OR asset IN (SELECT unnest(?::VARCHAR[])))"
+            f"WHERE sku IN (SELECT value FROM {UNNEST_TEXT}) AND (? OR asset IN (SELECT value FROM {UNNEST_TEXT}))"
             " ORDER BY recorded_at, attempt_id",
-            [wanted, assets is None, assets or []],
+            [text_list(wanted), assets is None, text_list(assets or [])],
         )
 
     def deciding_attempts(self, assets: Iterable[str], skus: Iterable[str]) -> list[AttemptRecord]:
@@ -713,8 +715,10 @@ class CreditLedger:
             return []
 
         def run(conn: duckdb.DuckDBPyConnection, source: str) -> list[AttemptRecord]:
-            # Without spooled events the table is read directly and rows are fetched by rowid.
-            table, row_key = ("attempts", "rowid") if source == _PLAIN_SOURCE else ("current_attempts", "attempt_id")
+            # Without spooled events a DuckDB file's table is read directly and rows fetched by rowid
+            # (PostgreSQL tables have no rowid: they go by attempt id, as the spool overlay does).
+            direct = source == _PLAIN_SOURCE and not uses_postgres(conn)
+            table, row_key = ("attempts", "rowid") if direct else ("current_attempts", "attempt_id")
             latest = "ORDER BY coalesce(completed_at, updated_at, recorded_at) DESC, coalesce(revision, 0) DESC, recorded_at, attempt_id"
             made = "(status = 'completed' AND result_image_id IS NOT NULL)"
             cursor = conn.execute(
@@ -723,12 +727,12 @@ class CreditLedger:
                            row_number() OVER (PARTITION BY asset, sku, fingerprint, {made} {latest}) AS nth_for_print,
                            row_number() OVER (PARTITION BY asset, sku, {made} {latest}) AS nth
                     FROM {table}
-                    WHERE sku IN (SELECT unnest(?::VARCHAR[])) AND asset IN (SELECT unnest(?::VARCHAR[])))
+                    WHERE sku IN (SELECT value FROM {UNNEST_TEXT}) AND asset IN (SELECT value FROM {UNNEST_TEXT}))
                 SELECT {_SELECT_COLUMNS} FROM {table}
                 WHERE {row_key} IN (SELECT row_key FROM candidates
                                     WHERE status IN ('unknown', 'pending') OR (made AND (nth_for_print = 1 OR nth = 1)))
                 ORDER BY recorded_at, attempt_id""",
-                [wanted, kinds],
+                [text_list(wanted), text_list(kinds)],
             )
             return [AttemptRecord.from_row(dict(zip(COLUMNS, row))) for row in cursor.fetchall()]
 
@@ -753,7 +757,8 @@ class CreditLedger:
         """
         if not fingerprints:
             return []
-        skus, prints = list(fingerprints), list(fingerprints.values())
+        # Each pair is one list item, SKU and fingerprint split by the record separator (neither holds it).
+        pairs = text_list(f"{sku}\x1e{fingerprint}" for sku, fingerprint in fingerprints.items())
         rows = self._read(
             lambda conn, source: conn.execute(
                 f"""{source}, latest AS (
@@ -761,11 +766,12 @@ class CreditLedger:
                     FROM current_attempts
                     WHERE status = 'completed' AND asset = ? AND sku IS NOT NULL AND fingerprint IS NOT NULL
                     GROUP BY sku),
-                wanted AS (SELECT unnest(?) AS sku, unnest(?) AS fingerprint)
+                wanted AS (SELECT split_part(value, chr(30), 1) AS sku, split_part(value, chr(30), 2) AS fingerprint
+                           FROM {UNNEST_TEXT})
                 SELECT wanted.sku FROM wanted LEFT JOIN latest ON latest.sku = wanted.sku
                 WHERE latest.fingerprint IS DISTINCT FROM wanted.fingerprint
                 ORDER BY wanted.sku""",
-                [asset, skus, prints],
+                [asset, pairs],
             ).fetchall()
         )
         return [row[0] for row in rows]
