@@ -102,7 +102,7 @@ def ledger_file(rows: int) -> Path:
         started = time.perf_counter()
         partial = path.with_suffix(".building")
         partial.unlink(missing_ok=True)
-        with duckdb.connect(str(partial)) as conn:
+        with duckdb.connect(str(partial), config={"enable_progress_bar": False}) as conn:
             ensure_schema(conn)
             if rows:
                 conn.execute(_GENERATE, {"rows": rows})
