@@ -19,7 +19,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from flokan_dagster.catalog import Catalog, CatalogMapping, load_catalog
+from flokan_dagster.catalog import Catalog, CatalogFileError, CatalogMapping, load_catalog
 from flokan_dagster.sensors import catalog_digest
 from flokan_dagster.translator import DEFAULT_GROUP, METADATA_PREFIX
 
@@ -80,7 +80,10 @@ def build_flokan_catalog_asset(
               automation_condition=automation_condition,
               description=f"The product catalog {Path(catalog).name}, validated row by row: counts, bad rows, digest.")  # fmt: skip
     def _catalog(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        parsed = load_catalog(catalog, mapping, table=catalog_table)
+        try:
+            parsed = load_catalog(catalog, mapping, table=catalog_table)
+        except CatalogFileError as exc:  # a bad file is one message naming it and the fix, not a traceback
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
         metadata = catalog_metadata(parsed, catalog, catalog_digest(catalog, catalog_table))
         context.log.info(
             f"{Path(catalog).name}: {metadata['flokan/valid_rows'].value} valid row(s), "
