@@ -212,7 +212,9 @@ def test_dropped_connection_is_adopted_not_paid_twice(tmp_path: Path, admin: Adm
 
 
 def test_unknown_outcome_from_an_earlier_run_is_settled_before_paying(tmp_path: Path, admin: Admin, workspace: Workspace) -> None:
-    admin.fault("latency", prompt_contains="item 0 ", times=1, ms=1500)
+    # Still processing when the impatient run gives up and looks it up once, however loaded the
+    # machine; done well within the next run's settle window.
+    admin.fault("latency", prompt_contains="item 0 ", times=1, ms=5000)
     pipeline = make_pipeline(tmp_path, workspace, rows_for(1, **{"SKU-00": {"title": "item 0 "}}))
     impatient = dg.Definitions(
         assets=[build_flokan_image_asset("hero_images", catalog=pipeline.catalog, mapping=HERO, settle_timeout_s=0)],
@@ -260,6 +262,24 @@ def test_byok_runs_skip_the_credit_check(tmp_path: Path, admin: Admin) -> None:
     assert {m.metadata["flokan/provider_used"].value for m in pipeline.materialized("hero_images").values()} == {"fal"}
 
 
+# Takes the database read-write as soon as no one else has it open (the run opens it briefly for
+# each record, so a single try could meet it), holds it for argv[2] seconds.
+HOLD_WHEN_FREE = """
+import sys, time, duckdb
+deadline = time.monotonic() + 60
+while True:
+    try:
+        c = duckdb.connect(sys.argv[1])
+        break
+    except duckdb.IOException:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.01)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
 def test_a_run_while_another_process_holds_the_ledger_loses_no_record(tmp_path: Path, admin: Admin, workspace: Workspace) -> None:
     import subprocess
     import sys
@@ -281,11 +301,7 @@ def test_a_run_while_another_process_holds_the_ledger_loses_no_record(tmp_path: 
     run.start()
     wait_for(lambda: admin.hits("POST /process") != hits, 60, "the run's first /process call")
     # The run is waiting on Flokan now: an analyst's notebook takes the database read-write.
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True);"
-         " time.sleep(float(sys.argv[2]))", str(database), "10"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WHEN_FREE, str(database), "10"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         run.join(timeout=120)
