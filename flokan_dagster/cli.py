@@ -321,7 +321,9 @@ def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(columns)]
 
     def line(values: Sequence[str]) -> str:
-        return " | ".join(v.rjust(w) if numeric[i] else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
+        return " | ".join(
+            v.rjust(w) if numeric[i] else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ).rstrip()
 
     out = [line(list(columns)), "-+-".join("-" * w for w in widths)] if columns else []
     out.extend(line(row) for row in cells)
@@ -391,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop.set_defaults(handler=stop_emulator)
     led = commands.add_parser("ledger", help="ledger maintenance (doctor)")
     doctor = led.add_subparsers(dest="ledger_command", required=True, metavar="SUBCOMMAND").add_parser(
-        "doctor", help="show spool files that could not be read and the SKUs they block; --resolve one once checked")
+        "doctor", help="show spool files that could not be read and the SKUs they block; --resolve one once checked"
+    )
     doctor.add_argument("--resolve", metavar="FILE", help="mark this quarantined file resolved (it is kept, in resolved/)")
     doctor.add_argument("--note", default="", help="what you checked, kept beside the resolved file")
     doctor.add_argument("--ledger", type=Path, metavar="PATH", help="the ledger database (default: the data directory's)")

@@ -22,7 +22,7 @@ import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -104,16 +104,24 @@ def gallery_items(ledger: CreditLedger, assets: Sequence[str]) -> list[GalleryIt
     items = []
     for asset, sku, credits, attempts, failures, status, last_error, image, job_id, sha256 in rows:
         items.append(
-            GalleryItem(asset=asset, sku=sku, credits=int(credits or 0), attempts=int(attempts), failures=int(failures),
-                        status=status, last_error=last_error, image=image, sha256=sha256, job_id=job_id)  # fmt: skip
+            GalleryItem(
+                asset=asset,
+                sku=sku,
+                credits=int(credits or 0),
+                attempts=int(attempts),
+                failures=int(failures),
+                status=status,
+                last_error=last_error,
+                image=image,
+                sha256=sha256,
+                job_id=job_id,
+            )
         )
     items.sort(key=lambda item: (item.sku, order[item.asset]))
     return items
 
 
-def write_gallery(
-    ledger: CreditLedger, directory: str | Path, assets: Sequence[str], store: ImageStore | None = None
-) -> Gallery:
+def write_gallery(ledger: CreditLedger, directory: str | Path, assets: Sequence[str], store: ImageStore | None = None) -> Gallery:
     """Write ``index.html``, thumbnails and ``contact_sheet.png`` of ``assets`` into ``directory``.
 
     Thumbnails are made once per image (their names carry the image's digest), so re-writing the
@@ -259,9 +267,11 @@ def _page(out: Path, skus: Sequence[str], assets: Sequence[str], by_key: dict[tu
                 f'<b>{esc(asset)}</b> <span class="{esc(item.status)}">{esc(item.status)}</span><br>'
                 f"{item.credits:,} credits, {item.attempts} attempt(s){failures}{job}{error}</figcaption></figure>"
             )
-        cards.append(f'<section class="sku" data-sku="{esc(sku)}"><h2>{esc(sku)}</h2><div class="cells">{"".join(cells)}</div></section>')
+        cards.append(
+            f'<section class="sku" data-sku="{esc(sku)}"><h2>{esc(sku)}</h2><div class="cells">{"".join(cells)}</div></section>'
+        )
     truncated = f" (the first {sheet_skus:,} SKUs)" if sheet_skus < len(skus) else ""
-    written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Flokan gallery</title>'
         f"<style>{_CSS}</style></head><body><h1>Flokan gallery</h1>"
