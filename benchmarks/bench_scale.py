@@ -202,6 +202,7 @@ def catalog_sync(work: Path) -> list[tuple[float, float, int, int]]:
     resources = {"flokan_ledger": FlokanLedgerResource(database=str(empty))}
     sensor = build_flokan_catalog_sensor([ASSET], catalog=catalog, mapping=MAPPING)
     ticks: list[tuple[float, float, int, int]] = []
+    (work / "dagster_sync").mkdir()
     with dg.instance_for_test(temp_dir=str(work / "dagster_sync")) as instance:
         cursor = None
         while len(instance.get_dynamic_partitions(SKU_PARTITIONS.name)) < 100_000 and len(ticks) < 10:
@@ -225,6 +226,7 @@ def refresh_tick(work: Path, profile: bool) -> tuple[float, int]:
     """One refresh-schedule evaluation over 100,000 partitions and a 1,000,000-row ledger: (seconds, runs)."""
     resources = {"flokan_ledger": FlokanLedgerResource(database=working_copy(1_000_000, work))}
     schedule = build_flokan_refresh_schedule([ASSET], catalog=catalog_file(100_000), mapping=MAPPING)
+    (work / "dagster_refresh").mkdir()
     with dg.instance_for_test(temp_dir=str(work / "dagster_refresh")) as instance:
         keys = [f"SKU-{i:06d}" for i in range(100_000)]
         for start in range(0, len(keys), 10_000):

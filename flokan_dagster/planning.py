@@ -4,7 +4,8 @@ Planning has three stages, each reading or writing only the batch's own SKUs:
 
 1. **Read**: the batch's catalog rows (:meth:`CatalogFile.catalog_for`, done by the caller) and
    the attempts that decide the batch, the asset's and its upstream's (:func:`read_history`:
-   unsettled attempts and the latest completed ones, chosen in SQL; never the whole ledger).
+   the latest completed ones and the unsettled ones for the current inputs, chosen in SQL;
+   never the whole ledger).
 2. **Decide** (:func:`decide`): an unchanged SKU whose image is in the store is reused (nothing
    spent); one whose paid image is missing from the store is downloaded again; a bad catalog
    row, or a chained edit whose upstream has no image yet, fails by name. Everything else
@@ -49,8 +50,9 @@ class BatchPlan:
 class BatchHistory:
     """The attempts that decide a batch's SKUs, by SKU: the asset's own and its upstream's.
 
-    Holds what :meth:`CreditLedger.deciding_attempts` returns (unsettled attempts and the latest
-    completed ones); :func:`decide` gives the same plan for it as for every attempt.
+    Holds what :meth:`CreditLedger.deciding_attempts` returns (the latest completed attempts and
+    the unsettled ones for the current inputs); :func:`decide` gives the same plan for it as for
+    every attempt.
 
     Attributes:
         attempts: The asset's attempts per SKU, oldest first.
@@ -61,26 +63,39 @@ class BatchHistory:
     upstream: dict[str, list[AttemptRecord]] = field(default_factory=dict)
 
 
-def read_history(ledger: CreditLedger, skus: Iterable[str], asset: str, upstream: str | None = None) -> BatchHistory:
-    """Read the attempts that decide ``skus`` for ``asset`` (and ``upstream``): one query, sized by the batch.
+def read_history(
+    ledger: CreditLedger, catalog: Catalog, skus: Iterable[str], asset: str, upstream: str | None = None
+) -> BatchHistory:
+    """Read the attempts that decide ``skus``: the upstream's latest image, then the asset's attempts for the current inputs.
+
+    Two queries sized by the batch (:meth:`CreditLedger.deciding_attempts`): the upstream's
+    latest completed attempt per SKU (whose image is part of the fingerprint), then the asset's
+    attempts for each SKU's current fingerprint.
 
     Example:
-        >>> read_history(ledger, ["MUG-1"], "hero_images").attempts["MUG-1"][0].status  # doctest: +SKIP
+        >>> read_history(ledger, catalog, ["MUG-1"], "hero_images").attempts["MUG-1"][0].status  # doctest: +SKIP
         'completed'
     """
-    assets = [asset] if upstream is None else [asset, upstream]
+    wanted = [sku for sku in dict.fromkeys(skus) if sku in catalog.specs]
     history = BatchHistory()
-    own: dict[str, list[AttemptRecord]] = defaultdict(list)
-    theirs: dict[str, list[AttemptRecord]] = defaultdict(list)
-    for record in ledger.deciding_attempts(assets, skus):
-        if record.sku is None:
-            continue
-        if record.asset == asset:
-            own[record.sku].append(record)
-        if upstream is not None and record.asset == upstream:
-            theirs[record.sku].append(record)
-    history.attempts, history.upstream = dict(own), dict(theirs)
+    if upstream is not None:
+        history.upstream = _by_sku(ledger.deciding_attempts(upstream, dict.fromkeys(wanted)))
+    prints: dict[str, str | None] = {}
+    for sku in wanted:
+        source = _latest_completed(history.upstream.get(sku, [])) if upstream is not None else None
+        if upstream is not None and (source is None or not source.result_sha256):
+            continue  # decided without the asset's history: the upstream image is missing
+        prints[sku] = catalog.specs[sku].fingerprint(upstream=source.result_sha256 if source else None)
+    history.attempts = _by_sku(ledger.deciding_attempts(asset, prints))
     return history
+
+
+def _by_sku(records: list[AttemptRecord]) -> dict[str, list[AttemptRecord]]:
+    grouped: dict[str, list[AttemptRecord]] = defaultdict(list)
+    for record in records:
+        if record.sku is not None:
+            grouped[record.sku].append(record)
+    return dict(grouped)
 
 
 def plan_batch(
@@ -114,7 +129,7 @@ def plan_batch(
     # nothing is decided for them, not even reuse, until `flokan-dagster ledger doctor` resolves it.
     quarantined = ledger.quarantine_blocks(asset, skus)
     open_skus = [sku for sku in skus if sku not in quarantined]
-    history = read_history(ledger, open_skus, asset, upstream)
+    history = read_history(ledger, catalog, open_skus, asset, upstream)
     plan = decide(open_skus, catalog, history, store=store, run_id=run_id, upstream=upstream, force=force,
                   run_is_live=run_is_live)  # fmt: skip
     plan.settled.extend(SkuOutcome(sku, "failed", error=f"SKU {sku!r}: {why}") for sku, why in quarantined.items())

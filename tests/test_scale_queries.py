@@ -129,7 +129,7 @@ def test_the_deciding_attempts_give_the_plan_every_attempt_gives(ledger: CreditL
             everything.attempts.setdefault(record.sku or "", []).append(record)
         if record.asset == upstream:
             everything.upstream.setdefault(record.sku or "", []).append(record)
-    chosen = read_history(ledger, SKUS, asset, upstream)
+    chosen = read_history(ledger, catalog, SKUS, asset, upstream)
     assert sum(map(len, chosen.attempts.values())) <= sum(map(len, everything.attempts.values()))
     kinds = set()
     for force in (False, True):
@@ -155,8 +155,11 @@ def test_the_batch_reads_on_every_backend(backend: str, request: pytest.FixtureR
             ledger.finish_attempt(aid, status="unknown")
     whole = [a for a in ledger.attempts_for(asset="hero") if a.sku in ("A", "B")]
     assert ledger.attempts_for_skus("hero", ["A", "B"]) == whole
-    deciding = ledger.deciding_attempts(["hero"], ["A", "B"])
-    # A: f1's and f2's latest completed and the unknown one; B: its completed attempt (the failed one decides nothing).
+    deciding = ledger.deciding_attempts("hero", {"A": "f1", "B": "f1"})
+    # A: the latest completed (f2), the latest completed for f1; not the unknown f2 one. B: its completed f1 only.
     assert sorted((a.sku, a.status, a.fingerprint) for a in deciding) == [
-        ("A", "completed", "f1"), ("A", "completed", "f2"), ("A", "unknown", "f2"), ("B", "completed", "f1")]
+        ("A", "completed", "f1"), ("A", "completed", "f2"), ("B", "completed", "f1")]
+    deciding = ledger.deciding_attempts("hero", {"A": "f2", "C": None})
+    assert sorted((a.sku, a.status, a.fingerprint) for a in deciding) == [
+        ("A", "completed", "f2"), ("A", "unknown", "f2"), ("C", "completed", "f3")]
     assert ledger.stale_skus("hero", {"A": "f2", "B": "f2", "C": "f3", "D": "f1"}) == ["B", "D"]

@@ -692,47 +692,60 @@ class CreditLedger:
             [text_list(wanted), assets is None, text_list(assets or [])],
         )
 
-    def deciding_attempts(self, assets: Iterable[str], skus: Iterable[str]) -> list[AttemptRecord]:
-        """Return the attempts that decide a batch's plan, oldest first: what a run reads before spending.
+    def deciding_attempts(self, asset: str, fingerprints: Mapping[str, str | None]) -> list[AttemptRecord]:
+        """Return the attempts of ``asset`` that decide a batch's plan, oldest first: what a run reads.
 
-        For each of ``assets`` and ``skus``: every unsettled attempt (``unknown`` or ``pending``),
-        and the latest completed attempt with a result image, both per input fingerprint and
-        over all fingerprints (the upstream image a chained edit starts from). "Latest" orders
-        as planning does: by completion (else update, else record) time, then revision, the
-        earliest recorded winning a tie.
+        Per SKU of ``fingerprints``: the latest completed attempt with a result image (the
+        upstream image a chained edit starts from), the latest such attempt with the SKU's
+        current fingerprint (reusable), and every unsettled attempt (``unknown`` or ``pending``)
+        with that fingerprint (to settle before paying again). "Latest" orders as planning does:
+        completion (else update, else record) time, then revision, the earliest recorded winning
+        a tie. A None fingerprint asks for the latest completed attempt only.
 
-        The SKUs are found by scanning only the narrow columns; whole rows are read only for
-        the few attempts chosen, so the cost follows the batch, not the history: a ledger of
-        years holds many superseded attempts per SKU, and reading each whole is what made
-        planning slow.
+        The batch's rows are found over narrow columns and whole rows read only for the few
+        chosen, so the cost follows the batch, not the years of superseded attempts.
 
         Example:
-            >>> [a.status for a in ledger.deciding_attempts(["images"], ["MUG-1"])]  # doctest: +SKIP
+            >>> [a.status for a in ledger.deciding_attempts("images", {"MUG-1": "fp1"})]  # doctest: +SKIP
             ['completed']
         """
-        wanted, kinds = sorted({str(s) for s in skus}), sorted({str(a) for a in assets})
-        if not wanted or not kinds:
+        if not fingerprints:
             return []
+        # One list item per SKU: the SKU and its fingerprint split by the record separator.
+        pairs = text_list(f"{sku}\x1e{fingerprint or ''}" for sku, fingerprint in fingerprints.items())
 
         def run(conn: duckdb.DuckDBPyConnection, source: str) -> list[AttemptRecord]:
             # Without spooled events a DuckDB file's table is read directly and rows fetched by rowid
             # (PostgreSQL tables have no rowid: they go by attempt id, as the spool overlay does).
             direct = source == _PLAIN_SOURCE and not uses_postgres(conn)
             table, row_key = ("attempts", "rowid") if direct else ("current_attempts", "attempt_id")
-            latest = "ORDER BY coalesce(completed_at, updated_at, recorded_at) DESC, coalesce(revision, 0) DESC, recorded_at, attempt_id"
-            made = "(status = 'completed' AND result_image_id IS NOT NULL)"
+            latest = ("ORDER BY coalesce(a.completed_at, a.updated_at, a.recorded_at) DESC, coalesce(a.revision, 0) DESC,"
+                      " a.recorded_at, a.attempt_id")  # fmt: skip
+            made = "(a.status = 'completed' AND a.result_image_id IS NOT NULL)"
+            same = "coalesce(a.fingerprint = w.fingerprint, false)"
+            # Two statements: the choice over narrow columns, then whole rows for the chosen keys
+            # only. (As one statement DuckDB scanned every column of every row for the second part.)
+            chosen = conn.execute(
+                f"""{source}, wanted AS (
+                    SELECT split_part(value, chr(30), 1) AS sku, nullif(split_part(value, chr(30), 2), '') AS fingerprint
+                    FROM {UNNEST_TEXT})
+                SELECT row_key FROM (
+                    SELECT a.{row_key} AS row_key, a.status, {made} AS made, {same} AS same,
+                           row_number() OVER (PARTITION BY a.sku, {made} {latest}) AS nth,
+                           row_number() OVER (PARTITION BY a.sku, {made}, {same} {latest}) AS nth_same
+                    FROM {table} a JOIN wanted w ON a.sku = w.sku
+                    WHERE a.asset = ?)
+                WHERE (made AND (nth = 1 OR (same AND nth_same = 1))) OR (same AND status IN ('unknown', 'pending'))""",
+                [pairs, asset],
+            ).fetchall()
+            if not chosen:
+                return []
+            key_type = "BIGINT" if direct else "VARCHAR"
             cursor = conn.execute(
-                f"""{source}, candidates AS (
-                    SELECT {row_key} AS row_key, status, {made} AS made,
-                           row_number() OVER (PARTITION BY asset, sku, fingerprint, {made} {latest}) AS nth_for_print,
-                           row_number() OVER (PARTITION BY asset, sku, {made} {latest}) AS nth
-                    FROM {table}
-                    WHERE sku IN (SELECT value FROM {UNNEST_TEXT}) AND asset IN (SELECT value FROM {UNNEST_TEXT}))
-                SELECT {_SELECT_COLUMNS} FROM {table}
-                WHERE {row_key} IN (SELECT row_key FROM candidates
-                                    WHERE status IN ('unknown', 'pending') OR (made AND (nth_for_print = 1 OR nth = 1)))
+                f"""{source} SELECT {_SELECT_COLUMNS} FROM {table}
+                WHERE {row_key} IN (SELECT CAST(value AS {key_type}) FROM {UNNEST_TEXT})
                 ORDER BY recorded_at, attempt_id""",
-                [text_list(wanted), text_list(kinds)],
+                [text_list(row[0] for row in chosen)],
             )
             return [AttemptRecord.from_row(dict(zip(COLUMNS, row))) for row in cursor.fetchall()]
 
