@@ -332,6 +332,6 @@ def gallery_metadata(gallery: Gallery) -> dict[str, dg.MetadataValue]:
         "skus": dg.MetadataValue.int(gallery.skus),
         "images": dg.MetadataValue.int(gallery.images),
         "failing_skus": dg.MetadataValue.int(gallery.failing),
-        "credits": dg.MetadataValue.int(gallery.credits),
+        "shown_credits": dg.MetadataValue.int(gallery.credits),  # not "credits": that key sums spending over events
     }
     return {METADATA_PREFIX + name: value for name, value in fields.items()}
