@@ -32,7 +32,7 @@ def test_a_second_run_on_a_shared_ledger_reuses_and_pays_nothing(
     unsettled = ledger.begin_attempt(asset="hero_images", sku="SKU-LOST", prompt="Studio photo of item SKU-LOST",
                                      model_tier="standard", fingerprint="elsewhere")  # fmt: skip
     ledger.finish_attempt(unsettled, status="unknown", error="read timeout after send")
-    assert [(a.sku, a.status) for a in ledger.deciding_attempts(["hero_images"], ["SKU-LOST"])] == [("SKU-LOST", "unknown")]
+    assert [(a.sku, a.status) for a in ledger.deciding_attempts("hero_images", {"SKU-LOST": "elsewhere"})] == [("SKU-LOST", "unknown")]
 
     results = []
     for number in (1, 2):  # two machines, one after the other, each with its own spool
