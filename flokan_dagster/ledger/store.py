@@ -825,8 +825,15 @@ class CreditLedger:
             known = self._identities.get(attempt_id)
         if known is not None:
             return dict(known)
+        # A write must not wait on a locked ledger longer than a write would.
+        quick = CreditLedger(
+            self.database,
+            spool_dir=self.spool.directory,
+            lock_timeout_s=self.lock_timeout_s,
+            read_timeout_s=min(self.read_timeout_s, self.lock_timeout_s),
+        )
         try:
-            record = self.get_attempt(attempt_id)
+            record = quick.get_attempt(attempt_id)
         except LedgerLockedError:
             logger.warning("ledger %s locked; attempt %s's event goes without its identity", describe(self.database), attempt_id)
             return {}
