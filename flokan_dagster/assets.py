@@ -31,8 +31,10 @@ from flokan_dagster.batch import BatchRunner, SettleSettings, SkuOutcome
 from flokan_dagster.budget import BudgetLimits, enforce_budget
 from flokan_dagster.catalog import Catalog, CatalogFile, CatalogFileError, CatalogMapping
 from flokan_dagster.image_store import inspect_image, thumbnail_data_uri
-from flokan_dagster.planning import plan_batch
+from flokan_dagster.ledger.claims import ClaimHold
+from flokan_dagster.planning import claim_tasks, plan_batch
 from flokan_dagster.resource import FlokanResourceKeys
+from flokan_dagster.runs import claim_judge
 from flokan_dagster.translator import METADATA_PREFIX, DagsterFlokanTranslator, FlokanImageAssetProps
 
 SKU_PARTITIONS = dg.DynamicPartitionsDefinition(name="flokan_skus")
@@ -169,56 +171,61 @@ def build_flokan_image_asset(
         store = resource_keys.images_of(context.resources).get_store()
         skus = list(context.partition_keys)
         run_id = context.run.run_id
-        table = _batch_catalog(catalog_path, mapping, catalog_table, skus)
-        plan = plan_batch(
-            skus, table, ledger=ledger, store=store, asset=asset_name, run_id=run_id,
-            upstream=upstream_key.to_user_string() if upstream_key else None, force=config.force,
-            run_is_live=lambda other: _run_is_live(context.instance, other),
-        )  # fmt: skip
-        limits = BudgetLimits(
-            run_budget_credits=config.run_budget_credits if config.run_budget_credits is not None else run_budget_credits,
-            daily_budget_credits=daily_budget_credits,
-        )
-
-        async def work(log: LogFunction) -> AsyncIterator[SkuOutcome]:
-            for outcome in plan.settled:
-                yield outcome
-            async with flokan.get_async_client() as client:
-                decision = await enforce_budget(client, ledger, plan.tasks, limits, asset=asset_name, run_id=run_id)
-                for outcome in decision.rejected:
-                    yield outcome
-                log("info", f"{len(plan.tasks)} SKU(s) to process, estimated at up to {decision.estimated_credits} credits")
-                if decision.refusal is not None:
-                    log("error", decision.refusal)
-                    for task in plan.tasks:
-                        yield SkuOutcome(task.spec.sku, "failed", error=decision.refusal)
-                    return
-                runner = BatchRunner(client=client, ledger=ledger, store=store, asset=asset_name, run_id=run_id,
-                                     settle=settle, log=log)  # fmt: skip
-                async for outcome in runner.run(plan.tasks):
-                    yield outcome
-
-        outcomes: list[SkuOutcome] = []
-        # The batch runs on its own event loop so Dagster's handling of each event never pauses it.
-        for item in iterate_in_thread(work):
-            if isinstance(item, LogLine):
-                getattr(context.log, item.level)(item.message)
-                continue
-            outcomes.append(item)
-            _log_progress(context, len(outcomes), len(skus), item)
-            if item.kind != "failed":
-                yield sku_materialization(asset_key, item)
-        ledger.flush_spool()
-        yield _image_check(asset_key, outcomes, expected_format, expected_size)
-        yield _credits_check(asset_key, outcomes)
-        failed = [o for o in outcomes if o.kind == "failed"]
-        if failed:
-            raise dg.Failure(
-                description=f"{len(failed)} of {len(skus)} SKU(s) failed:\n"
-                + "\n".join(f"- {o.sku}: {o.error}" for o in failed),
-                metadata={f"{METADATA_PREFIX}failed_skus": dg.MetadataValue.json({o.sku: o.error for o in failed})},
-                allow_retries=False,
+        claims = ClaimHold(run_id, lambda: ledger.heartbeat_claims(run_id, asset_name), lambda: ledger.release_claims(run_id, asset_name))
+        try:
+            table = _batch_catalog(catalog_path, mapping, catalog_table, skus)
+            plan = plan_batch(
+                skus, table, ledger=ledger, store=store, asset=asset_name, run_id=run_id,
+                upstream=upstream_key.to_user_string() if upstream_key else None, force=config.force,
+            )  # fmt: skip
+            # A stage of its own: claim every SKU to be sent; another live run's SKUs fail by name.
+            plan = claim_tasks(plan, ledger=ledger, asset=asset_name, run_id=run_id, judge=claim_judge(context.instance))
+            limits = BudgetLimits(
+                run_budget_credits=config.run_budget_credits if config.run_budget_credits is not None else run_budget_credits,
+                daily_budget_credits=daily_budget_credits,
             )
+
+            async def work(log: LogFunction) -> AsyncIterator[SkuOutcome]:
+                for outcome in plan.settled:
+                    yield outcome
+                async with flokan.get_async_client() as client:
+                    decision = await enforce_budget(client, ledger, plan.tasks, limits, asset=asset_name, run_id=run_id)
+                    for outcome in decision.rejected:
+                        yield outcome
+                    log("info", f"{len(plan.tasks)} SKU(s) to process, estimated at up to {decision.estimated_credits} credits")
+                    if decision.refusal is not None:
+                        log("error", decision.refusal)
+                        for task in plan.tasks:
+                            yield SkuOutcome(task.spec.sku, "failed", error=decision.refusal)
+                        return
+                    runner = BatchRunner(client=client, ledger=ledger, store=store, asset=asset_name, run_id=run_id,
+                                         settle=settle, log=log)  # fmt: skip
+                    async for outcome in runner.run(plan.tasks):
+                        yield outcome
+
+            outcomes: list[SkuOutcome] = []
+            # The batch runs on its own event loop so Dagster's handling of each event never pauses it.
+            for item in iterate_in_thread(work):
+                if isinstance(item, LogLine):
+                    getattr(context.log, item.level)(item.message)
+                    continue
+                outcomes.append(item)
+                _log_progress(context, len(outcomes), len(skus), item)
+                if item.kind != "failed":
+                    yield sku_materialization(asset_key, item)
+            ledger.flush_spool()
+            yield _image_check(asset_key, outcomes, expected_format, expected_size)
+            yield _credits_check(asset_key, outcomes)
+            failed = [o for o in outcomes if o.kind == "failed"]
+            if failed:
+                raise dg.Failure(
+                    description=f"{len(failed)} of {len(skus)} SKU(s) failed:\n"
+                    + "\n".join(f"- {o.sku}: {o.error}" for o in failed),
+                    metadata={f"{METADATA_PREFIX}failed_skus": dg.MetadataValue.json({o.sku: o.error for o in failed})},
+                    allow_retries=False,
+                )
+        finally:
+            claims.close()
 
     return _image_asset
 
@@ -266,11 +273,6 @@ def _batch_catalog(path: str, mapping: CatalogMapping, table: str | None, skus: 
             return catalog_file.catalog_for(skus)
     except CatalogFileError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
-
-
-def _run_is_live(instance: dg.DagsterInstance, run_id: str) -> bool:
-    run = instance.get_run_by_id(run_id)
-    return run is not None and not run.is_finished
 
 
 def _key_of(upstream: dg.AssetsDefinition | dg.AssetKey | str) -> dg.AssetKey:

@@ -13,8 +13,10 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 import time
 import traceback
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,8 +30,18 @@ from flokan_dagster.api.retry import utcnow
 from flokan_dagster.background import Level, LogFunction
 from flokan_dagster.catalog import SkuSpec
 from flokan_dagster.image_store import ImageStore, StoredImage
-from flokan_dagster.ledger import AttemptRecord, CreditLedger
-from flokan_dagster.settle import TERMINAL_STATUSES, JobMatcher, RequestFields, as_utc, find_job_async
+from flokan_dagster.ledger import AttemptRecord, CreditLedger, LedgerLockedError
+from flokan_dagster.ledger.store import SendCheck
+from flokan_dagster.settle import (
+    TERMINAL_STATUSES,
+    JobMatcher,
+    RequestFields,
+    Settlement,
+    find_job_async,
+    sent_time,
+    server_now,
+    settle_decision,
+)
 
 logger = logging.getLogger("flokan_dagster.batch")
 
@@ -47,6 +59,8 @@ class SkuTask:
         unsettled: Earlier attempts with this fingerprint whose outcome is unknown.
         reuse: A completed, paid attempt with this fingerprint whose image must be downloaded again.
         estimated_credits: The per-call upper bound from ``/estimate-credits``.
+        known_results: Completed attempts with this fingerprint the plan already saw (and chose
+            not to reuse, e.g. ``force``); only a result finished since then is reused at send time.
     """
 
     spec: SkuSpec
@@ -55,6 +69,7 @@ class SkuTask:
     unsettled: list[AttemptRecord] = field(default_factory=list)
     reuse: AttemptRecord | None = None
     estimated_credits: int | None = None
+    known_results: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -131,9 +146,11 @@ class BatchRunner:
         self.run_id = run_id
         self.settle = settle
         self.log: LogFunction = log or _python_log
+        self._checks = _SendChecks(ledger, asset, run_id or "")
 
     async def run(self, tasks: list[SkuTask]) -> AsyncIterator[SkuOutcome]:
         """Produce every task concurrently; yield each outcome as soon as it is known."""
+        self._checks.expect(tasks)
         pending = {asyncio.ensure_future(self._timed(task)) for task in tasks}
         try:
             for next_done in asyncio.as_completed(pending):
@@ -161,73 +178,135 @@ class BatchRunner:
         sku = task.spec.sku
         if task.reuse is not None:
             return await self._store_result(task.reuse, sku, "reused")
+        settled: set[str] = set()
         for earlier in task.unsettled:
+            settled.add(earlier.attempt_id)
             adopted = await self._settle_earlier(earlier, sku)
             if adopted is not None:
                 return adopted
         image_id, image_url = await self._source(task)
         for attempt_number in (1, 2):
-            # First the controller's slot (it may wait for the rate limit), then whatever must
-            # hold right before the request goes out, then the send under that same slot. The
-            # write-ahead record is made here, so its sent_at stays within the settle window
-            # however long the batch's queue is.
-            async with self.client.concurrency.slot("process") as slot:
-                record, outcome = await self._send(task, image_id, image_url, counter, slot)
+            while True:
+                # First the controller's slot (it may wait for the rate limit), then the claim check
+                # that must hold right before the request goes out, then the send under that same
+                # slot. The write-ahead record is made the instant before it is on the wire, so its
+                # sent_at stays within the settle window however long the batch's queue is.
+                async with self.client.concurrency.slot("process") as slot:
+                    check = await self._check_before_send(task)
+                    if check.reusable is not None and check.reusable.attempt_id in task.known_results:
+                        check = dataclasses.replace(check, reusable=None)
+                    if check.reusable is None and not _new(check.unsettled, settled):
+                        record, outcome = await self._send(task, image_id, image_url, counter, slot)
+                        break
+                # Another run finished or left an attempt since this one planned: no new job for it.
+                if check.reusable is not None:
+                    self.log("info", f"SKU {sku!r}: a finished result appeared since planning; reused, not paid again")
+                    return await self._store_result(check.reusable, sku, "reused")
+                for earlier in _new(check.unsettled, settled):
+                    settled.add(earlier.attempt_id)
+                    adopted = await self._settle_earlier(earlier, sku)
+                    if adopted is not None:
+                        return adopted
             if isinstance(outcome, ProcessResult):
                 counter.credits += outcome.credits_consumed or 0
                 return await self._complete(record, sku, outcome, "made")
             exc = outcome
             await asyncio.to_thread(self.ledger.finish_attempt, record.attempt_id, status="unknown", error=str(exc))
             self.log("warning", f"SKU {sku!r}: outcome unknown ({exc.cause}); looking the job up in GET /jobs")
-            job = await self._lookup(RequestFields.of(exc.request), exc.sent_at, record.attempt_id)
-            if job is None and attempt_number == 1:
+            verdict = await self._lookup(record)
+            if verdict.decision == "absent" and attempt_number == 1:
                 await asyncio.to_thread(
                     self.ledger.finish_attempt, record.attempt_id, status="failed", credits_consumed=0,
-                    error=f"{exc.cause}: no job was created (absent from GET /jobs); tried again",
+                    error=f"{exc.cause}: {verdict.reason}; sent again",
                 )  # fmt: skip
                 continue
-            if job is not None and job.status == "completed":
-                counter.credits += job.credits_consumed or 0
-            return await self._adopt(record, sku, job, str(exc))
+            if verdict.job is not None and verdict.job.status == "completed" and verdict.decision == "adopt":
+                counter.credits += verdict.job.credits_consumed or 0
+            return await self._adopt(record, sku, verdict)
         raise SkuFailed("no job was created after two attempts")  # pragma: no cover - loop always returns
+
+    async def _check_before_send(self, task: SkuTask) -> SendCheck:
+        """Right before a send: the claim is still this run's; a finished or unsettled attempt shows up.
+
+        Raises:
+            SkuFailed: Another run holds the SKU's claim now, or the ledger cannot be read.
+        """
+        sku = task.spec.sku
+        try:
+            check = await self._checks.get(sku)
+        except LedgerLockedError as exc:
+            raise SkuFailed(f"the claim could not be checked before sending ({exc}); not sent, nothing paid") from None
+        if self.run_id is not None and (check.holder is None or check.holder.run_id != self.run_id):
+            holder = "nobody" if check.holder is None else f"run {check.holder.run_id}"
+            raise SkuFailed(
+                f"SKU {sku!r} is no longer claimed by this run (held by {holder}); not sending a second request"
+            )
+        return check
 
     async def _send(
         self, task: SkuTask, image_id: str | None, image_url: str | None, counter: _Counter, slot: Slot
     ) -> tuple[AttemptRecord, ProcessResult | FlokanUnknownOutcomeError]:
-        """Write the attempt, then call ``/process`` under ``slot``; a refusal raises SkuFailed."""
+        """Call ``/process``, writing the attempt the instant before it goes out; a refusal raises SkuFailed.
+
+        The write-ahead record is made durable in the spool (no wait for the database) right
+        before the request is on the wire (under ``slot``), so a record without a job means a request that was
+        at most that instant from being sent, and its sent_at is when it left.
+        """
         fields: dict[str, Any] = dict(
             asset=self.asset, sku=task.spec.sku, prompt=task.spec.prompt, model_tier=task.spec.model_tier,
             provider=task.spec.provider or "platform", fingerprint=task.fingerprint, run_id=self.run_id,
             image_id=image_id, image_url=image_url, style_id=task.spec.style_id,
             character_id=task.spec.character_id, source_ref=_source_ref(task),
-            estimated_credits=task.estimated_credits, sent_at=utcnow(),
+            estimated_credits=task.estimated_credits,
         )  # fmt: skip
-        attempt_id = await asyncio.to_thread(functools.partial(self.ledger.begin_attempt, **fields))
-        # The row as written, kept in memory: reading it back for every SKU would cost more than the call.
-        record = AttemptRecord(attempt_id=attempt_id, status="pending", origin="dagster", **fields)
+        attempt_id = str(uuid.uuid4())
+        written = False
+
+        async def write_ahead() -> None:
+            nonlocal written
+            if written:
+                return
+            fields["sent_at"] = utcnow()
+            clock = self.client.server_clock.estimate()
+            if clock is not None:  # kept with the attempt: whoever settles it compares on the server's clock
+                fields.update(server_sent_at=clock.to_server(fields["sent_at"]), clock_error_ms=math.ceil(clock.error_s * 1000))
+            await asyncio.to_thread(functools.partial(self.ledger.begin_attempt, attempt_id=attempt_id, merge=False, **fields))
+            written = True
+
         counter.requests += 1
         try:
             result = await self.client.process(
                 task.spec.prompt, task.spec.model_tier, image_id=image_id, image_url=image_url,
                 style_id=task.spec.style_id, character_id=task.spec.character_id, provider=task.spec.provider,
-                slot=slot,
+                slot=slot, before_send=write_ahead,
             )  # fmt: skip
         except FlokanUnknownOutcomeError as exc:
-            return record, exc
+            await write_ahead()
+            return self._written(attempt_id, fields), exc
         except FlokanError as exc:
+            await write_ahead()  # refused before sending (a rule): recorded all the same
             status = "rejected" if exc.status_code is not None and exc.status_code < 500 else "failed"
             await asyncio.to_thread(
-                self.ledger.finish_attempt, record.attempt_id, status=status, credits_consumed=0, error=str(exc)
+                self.ledger.finish_attempt, attempt_id, status=status, credits_consumed=0, error=str(exc)
             )
             raise SkuFailed(f"{type(exc).__name__}: {exc}") from None
-        return record, result
+        await write_ahead()
+        return self._written(attempt_id, fields), result
+
+    @staticmethod
+    def _written(attempt_id: str, fields: dict[str, Any]) -> AttemptRecord:
+        # The row as written, kept in memory: reading it back for every SKU would cost more than the call.
+        return AttemptRecord(attempt_id=attempt_id, status="pending", origin="dagster", **fields)
 
     async def _source(self, task: SkuTask) -> tuple[str | None, str | None]:
         """The ``image_id`` / ``image_url`` to edit (uploading a local file first), or neither."""
         if task.upstream is not None:
-            if not task.upstream.result_image_id:
-                raise SkuFailed(f"upstream {task.upstream.asset} has no result_image_id for this SKU")
-            return task.upstream.result_image_id, None
+            upstream = task.upstream
+            if not upstream.result_image_id and upstream.job_id:
+                upstream = await self._filled(upstream)  # optional in job rows; a chained edit needs it
+            if not upstream.result_image_id:
+                raise SkuFailed(f"upstream {upstream.asset} has no result_image_id for this SKU (job {upstream.job_id})")
+            return upstream.result_image_id, None
         source = task.spec.source
         if source is None:
             return None, None
@@ -238,6 +317,16 @@ class BatchRunner:
         except FlokanError as exc:
             raise SkuFailed(f"uploading {source.value!r} failed: {exc}") from None
 
+    async def _filled(self, record: AttemptRecord) -> AttemptRecord:
+        """``record`` with ``result_url`` / ``result_image_id`` a job listing omitted, from ``GET /jobs/:id``."""
+        try:
+            job = await self.client.get_job(record.job_id or "")
+        except FlokanError as exc:
+            raise SkuFailed(f"job {record.job_id}: its row lacks result fields and GET /jobs/:id failed ({exc})") from None
+        found = {"result_url": job.result_url or record.result_url, "result_image_id": job.result_image_id or record.result_image_id}
+        await asyncio.to_thread(functools.partial(self.ledger.finish_attempt, record.attempt_id, status=record.status, **found))
+        return dataclasses.replace(record, **found)
+
     async def _complete(self, record: AttemptRecord, sku: str, result: ProcessResult | Job, kind: OutcomeKind) -> SkuOutcome:
         """Record a finished job at once (it is paid), then download and store its image."""
         fields = _result_fields(result)
@@ -246,6 +335,8 @@ class BatchRunner:
 
     async def _store_result(self, record: AttemptRecord, sku: str, kind: OutcomeKind) -> SkuOutcome:
         """Download a paid job's image into the store and record where it is."""
+        if not record.result_url and record.job_id:
+            record = await self._filled(record)
         if not record.result_url:
             raise SkuFailed(f"job {record.job_id} completed without a result_url")
         try:
@@ -263,74 +354,124 @@ class BatchRunner:
         record = dataclasses.replace(record, result_path=str(stored.path), result_sha256=stored.sha256)
         return SkuOutcome(sku, kind, record=record, stored=stored)
 
-    async def _adopt(self, record: AttemptRecord, sku: str, job: Job | None, why: str) -> SkuOutcome:
-        """Settle an unknown attempt onto its job, or leave it unknown for the sensor."""
-        if job is None or job.status not in TERMINAL_STATUSES:
-            state = "its job was not found" if job is None else f"job {job.job_id} is still {job.status}"
+    async def _adopt(self, record: AttemptRecord, sku: str, verdict: Settlement) -> SkuOutcome:
+        """Settle an unknown attempt onto its finished job, or leave it unknown to be settled later."""
+        job = verdict.job
+        if verdict.decision != "adopt" or job is None:
             raise SkuFailed(
-                f"outcome unknown after {self.settle.timeout_s:.0f}s ({state}); the attempt is left unsettled in the "
-                "ledger for the reconciliation sensor; it will not be paid twice"
+                f"outcome unknown, will be settled: {verdict.reason} (looked for {self.settle.timeout_s:.0f} s); "
+                f"attempt {record.attempt_id} is left unsettled in the ledger for the next run or the reconciliation "
+                "sensor; it will not be paid twice"
             )
+        job = await self._full_row(job)
         try:
             await asyncio.to_thread(self.ledger.settle_attempt, record.attempt_id, job.model_dump(mode="json"))
         except ValueError as exc:  # another attempt took the job between the lookup and now
             raise SkuFailed(f"cannot adopt job {job.job_id}: {exc}") from None
         if job.status == "failed":
-            raise SkuFailed(f"job {job.job_id} failed: {job.error or why}")
+            raise SkuFailed(f"job {job.job_id} failed: {job.error or 'no error given'}")
         self.log("info", f"SKU {sku!r}: adopted job {job.job_id} instead of paying again")
         return await self._complete(dataclasses.replace(record, origin="reconciled"), sku, job, "adopted")
 
+    async def _full_row(self, job: Job) -> Job:
+        """``job`` with the optional fields a listing left out filled from ``GET /jobs/:id``."""
+        if job.status != "completed" or (job.result_url and job.result_image_id):
+            return job
+        try:
+            return await self.client.get_job(job.job_id)
+        except FlokanError:
+            return job  # what the listing said is still the truth about the charge
+
     async def _settle_earlier(self, earlier: AttemptRecord, sku: str) -> SkuOutcome | None:
-        """Settle an attempt a previous run left unknown; its finished job is adopted."""
-        sent_at = as_utc(earlier.sent_at) if earlier.sent_at else utcnow()
-        job = await self._lookup(RequestFields.of(earlier), sent_at, earlier.attempt_id)
-        if job is None:
+        """Settle an attempt another run left unsettled; its finished job is adopted.
+
+        Returns None when it is settled without a result (proven absent, or its job failed), so
+        the SKU may be sent; raises SkuFailed while its outcome stays unknown.
+        """
+        verdict = await self._lookup(earlier)
+        if verdict.decision == "absent":
             await asyncio.to_thread(
-                self.ledger.finish_attempt, earlier.attempt_id, status="failed", credits_consumed=0,
-                error="no job was created (absent from GET /jobs)",
+                self.ledger.finish_attempt, earlier.attempt_id, status="failed", credits_consumed=0, error=verdict.reason,
             )  # fmt: skip
             return None
-        if job.status == "failed":
-            await asyncio.to_thread(self.ledger.settle_attempt, earlier.attempt_id, job.model_dump(mode="json"))
+        if verdict.decision == "adopt" and verdict.job is not None and verdict.job.status == "failed":
+            await asyncio.to_thread(self.ledger.settle_attempt, earlier.attempt_id, verdict.job.model_dump(mode="json"))
             return None
-        return await self._adopt(earlier, sku, job, "earlier attempt")
+        if verdict.decision != "adopt":
+            run = f" of run {earlier.run_id}" if earlier.run_id else ""
+            raise SkuFailed(
+                f"outcome unknown, will be settled: earlier attempt {earlier.attempt_id}{run} was sent and "
+                f"{verdict.reason}; not sending again until it is settled by the next run or the reconciliation "
+                "sensor; it will not be paid twice"
+            )
+        return await self._adopt(earlier, sku, verdict)
 
-    async def _lookup(self, fields: RequestFields, sent_at: datetime, attempt_id: str) -> Job | None:
+    async def _lookup(self, attempt: AttemptRecord) -> Settlement:
         """:meth:`_find`, failing the SKU by name when ``GET /jobs`` itself fails.
 
         The attempt stays ``unknown`` (or ``pending``): its job may be paid, so the SKU is not sent
         again until the job is found or proven absent, by a later run or the reconciliation sensor.
         """
         try:
-            return await self._find(fields, sent_at, attempt_id)
+            return await self._find(attempt)
         except FlokanError as exc:
             raise SkuFailed(
                 f"outcome unknown and looking its job up in GET /jobs failed ({type(exc).__name__}: {exc}); "
-                f"attempt {attempt_id} left unsettled in the ledger for the reconciliation sensor; "
+                f"attempt {attempt.attempt_id} left unsettled in the ledger for the reconciliation sensor; "
                 "it will not be paid twice"
             ) from None
 
-    async def _find(self, fields: RequestFields, sent_at: datetime, attempt_id: str) -> Job | None:
-        """Look for the job of a sent request until it is terminal, proven absent, or time runs out."""
+    async def _find(self, attempt: AttemptRecord) -> Settlement:
+        """Look for a sent request's job until :func:`settle_decision` adopts or proves it absent,
+        or time runs out (then its last word, ``wait``, stands)."""
+        fields = RequestFields.of(attempt)
         deadline = time.monotonic() + self.settle.timeout_s
-        misses = 0
         while True:
-            matcher = JobMatcher(fields, sent_at)
+            # Every comparison on the server's clock; re-read each time, the listing refines it.
+            sent = sent_time(attempt, self.client.server_clock.estimate())
+            matcher = JobMatcher(fields, sent)
             await find_job_async(self.client, matcher)
             owned = await asyncio.to_thread(
-                self.ledger.owned_job_ids, [job.job_id for job in matcher.candidates], attempt_id
+                self.ledger.owned_job_ids, [job.job_id for job in matcher.candidates], attempt.attempt_id
             )
             matcher.candidates = [job for job in matcher.candidates if job.job_id not in owned]
             job = matcher.best()
             if job is not None and job.status not in TERMINAL_STATUSES:
                 job = await self.client.get_job(job.job_id)
-            if job is not None and job.status in TERMINAL_STATUSES:
-                return job
-            misses += job is None
-            # A job is created when /process is accepted, so two clean misses prove it absent.
-            if misses >= 2 or time.monotonic() + self.settle.poll_s > deadline:
-                return job
+            twins = bool(job) and bool(await asyncio.to_thread(self.ledger.pending_twins, fields, attempt.attempt_id))
+            clock = self.client.server_clock.estimate()
+            verdict = settle_decision(job, sent_time(attempt, clock), server_now(clock), twin_pending=twins)
+            if verdict.decision != "wait" or time.monotonic() + self.settle.poll_s > deadline:
+                return verdict
             await asyncio.sleep(self.settle.poll_s)
+
+
+class _SendChecks:
+    """The ledger's word on the batch's SKUs before each send, read for all of them at once.
+
+    Sends that start together (a batch opening, slots freeing up) share one read, not one each:
+    every read-only open is a moment another process cannot open the file read-write.
+    """
+
+    def __init__(self, ledger: CreditLedger, asset: str, run_id: str, fresh_s: float = 1.0) -> None:
+        self.ledger, self.asset, self.run_id, self.fresh_s = ledger, asset, run_id, fresh_s
+        self._fingerprints: dict[str, str] = {}
+        self._checks: dict[str, SendCheck] = {}
+        self._read_at = -float("inf")
+        self._lock = asyncio.Lock()
+
+    def expect(self, tasks: list[SkuTask]) -> None:
+        """The SKUs (and fingerprints) the batch may send."""
+        self._fingerprints.update({task.spec.sku: task.fingerprint for task in tasks})
+
+    async def get(self, sku: str) -> SendCheck:
+        """The check for ``sku``, read at most ``fresh_s`` ago (after this call began waiting)."""
+        asked = time.monotonic()
+        async with self._lock:
+            if self._read_at < asked - self.fresh_s or sku not in self._checks:
+                self._checks = await asyncio.to_thread(self.ledger.send_checks, self.asset, self._fingerprints, self.run_id)
+                self._read_at = time.monotonic()
+            return self._checks[sku]
 
 
 def _python_log(level: Level, message: str) -> None:
@@ -350,6 +491,10 @@ def _source_ref(task: SkuTask) -> str | None:
     if source is None:
         return None
     return f"file:{source.value}#sha256={source.sha256}" if source.kind == "file" else source.value
+
+
+def _new(attempts: list[AttemptRecord], settled: set[str]) -> list[AttemptRecord]:
+    return [a for a in attempts if a.attempt_id not in settled]
 
 
 def _result_fields(result: ProcessResult | Job) -> dict[str, Any]:

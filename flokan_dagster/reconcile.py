@@ -41,7 +41,16 @@ from flokan_dagster.api.models import Job
 from flokan_dagster.api.retry import utcnow
 from flokan_dagster.image_store import ImageStore, StoredImage
 from flokan_dagster.ledger import AttemptRecord, CreditLedger
-from flokan_dagster.settle import DEFAULT_SKEW_S, DEFAULT_WINDOW_S, TERMINAL_STATUSES, JobMatcher, RequestFields, as_utc
+from flokan_dagster.settle import (
+    DEFAULT_WINDOW_S,
+    TERMINAL_STATUSES,
+    JobMatcher,
+    RequestFields,
+    as_utc,
+    sent_time,
+    server_now,
+    settle_decision,
+)
 
 logger = logging.getLogger("flokan_dagster.reconcile")
 
@@ -63,15 +72,14 @@ class ReconcileSettings:
             rows that commit slightly out of order (deduplicated by job id).
         stale_after_s: A ``pending`` attempt with no job id older than this belongs to a run that
             died mid-call; it is settled like an ``unknown`` one.
-        skew_s: Tolerated clock difference between this machine and Flokan.
-        window_s: How long after an attempt was sent its job may have been created.
+        window_s: How long after an attempt was sent (on the server's clock) its job may have been
+            created.
     """
 
     per_page: int = rules.PER_PAGE_MAX
     budget_s: float = 40.0
     overlap_s: float = 30.0
     stale_after_s: float = 900.0
-    skew_s: float = DEFAULT_SKEW_S
     window_s: float = DEFAULT_WINDOW_S
 
     def __post_init__(self) -> None:
@@ -494,8 +502,8 @@ class _Pass:
     # ------------------------------------------------------------------ settling
 
     def _matcher(self, attempt: AttemptRecord) -> JobMatcher:
-        sent_at = as_utc(attempt.sent_at or attempt.recorded_at or self.now)
-        return JobMatcher(RequestFields.of(attempt), sent_at, skew_s=self.settings.skew_s, window_s=self.settings.window_s)
+        sent = sent_time(attempt, self.client.server_clock.estimate())
+        return JobMatcher(RequestFields.of(attempt), sent, window_s=self.settings.window_s)
 
     def _settle_unknown(self) -> None:
         """Settle unknown (and abandoned pending) attempts onto the jobs the ledger holds as external."""
@@ -508,6 +516,10 @@ class _Pass:
             job = matcher.best()
             if job is None:
                 self._maybe_absent(attempt, matcher)
+                continue
+            if self.ledger.pending_twins(attempt, attempt.attempt_id):
+                # Another SKU's request with the same fields is in flight: this job may be its.
+                self.log.info(f"attempt {attempt.attempt_id}: job {job.job_id} matches, but a twin request is in flight; later")
                 continue
             if job.status not in TERMINAL_STATUSES:
                 try:
@@ -526,12 +538,14 @@ class _Pass:
                 self.to_adopt.append(attempt.attempt_id)
 
     def _maybe_absent(self, attempt: AttemptRecord, matcher: JobMatcher) -> None:
-        """Mark an attempt failed once a caught-up scan has covered its whole window without its job."""
-        if not self.summary.caught_up or self.now <= matcher.latest:
+        """Mark an attempt failed once a caught-up scan shows no job, past the server's own limit (settle_decision)."""
+        if not self.summary.caught_up:
+            return
+        verdict = settle_decision(None, matcher.sent, server_now(self.client.server_clock.estimate()))
+        if verdict.decision != "absent":
             return
         self.ledger.finish_attempt(
-            attempt.attempt_id, status="failed", credits_consumed=0,
-            error="no job was created: absent from GET /jobs after reconciliation covered its time window",
+            attempt.attempt_id, status="failed", credits_consumed=0, error=f"{verdict.reason} (reconciliation)",
         )  # fmt: skip
         self.summary.absent += 1
         self.log.info(f"attempt {attempt.attempt_id} ({attempt.asset}/{attempt.sku}): no job was created; marked failed")

@@ -1,4 +1,4 @@
-"""Materialize chosen SKUs through Dagster in batches, the way a backfill from the UI would.
+"""Dagster runs: materialize chosen SKUs in batches, and tell a live run from a dead one.
 
 A batched run covers a contiguous range of the dynamic SKU partitions (in the instance's order),
 at most ``batch_size`` long, exactly like ``BackfillPolicy.multi_run`` splits a backfill.
@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import dagster as dg
+
+from flokan_dagster.ledger.claims import Claim, Judge, Liveness, holder_evidence
 
 # Dagster's documented run tags for a partition range (a batched run of a partitioned asset).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -99,3 +101,30 @@ def materialize_skus(
 def console_log_level(level: str | None) -> dict[str, Any]:
     """Run config setting Dagster's console logger to ``level`` (empty when None)."""
     return {"loggers": {"console": {"config": {"log_level": level}}}} if level else {}
+
+
+def claim_judge(instance: dg.DagsterInstance) -> Judge:
+    """Judge another run's SKU claim on evidence: is that run still spending?
+
+    Dead when the Dagster run is finished (success, failure or canceled) in ``instance``, or when
+    its process is gone (same host: pid and start time; another host: its heartbeat stopped). A
+    run STARTED in the instance whose process died is dead: no timer has to run out.
+
+    Example:
+        >>> judge = claim_judge(dg.DagsterInstance.ephemeral())  # doctest: +SKIP
+        >>> judge(claim).why  # doctest: +SKIP
+        'run 3f2c... is not in this Dagster instance and its process 4242 on host w1 is gone'
+    """
+
+    def judge(claim: Claim) -> Liveness:
+        try:
+            run = instance.get_run_by_id(claim.run_id)
+        except Exception:  # noqa: BLE001 - an unreadable run storage is no evidence either way
+            run = None
+        if run is not None and run.is_finished:
+            return Liveness(False, f"run {claim.run_id} is {run.status.value} in the Dagster instance")
+        process = holder_evidence(claim)
+        state = f"is {run.status.value} in the Dagster instance" if run is not None else "is not in this Dagster instance"
+        return Liveness(process.alive, f"run {claim.run_id} {state} and {process.why}")
+
+    return judge

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +38,7 @@ from flokan_dagster.api.models import (
     UploadUrlRequest,
 )
 from flokan_dagster.api.retry import RetryPolicy, utcnow
+from flokan_dagster.api.server_clock import ServerClock
 from flokan_dagster.api.transport import Call, ClientStats, Engine, rule_error
 
 logger = logging.getLogger("flokan_dagster.client")
@@ -103,16 +104,25 @@ class _ClientBase:
         return self._engine.rate_limit.state
 
     @property
+    def server_clock(self) -> ServerClock:
+        """The server's clock as the answers so far show it (compare job times with it)."""
+        return self._engine.clock
+
+    @property
     def stats(self) -> ClientStats:
         """Counters of requests, retries and pauses made by this client."""
         return self._engine.stats
 
-    def _process_call(self, prompt: str, model_tier: str, **fields: str | None) -> Call:
+    def _process_call(
+        self, prompt: str, model_tier: str, before_send: Callable[[], Awaitable[None]] | None = None, **fields: str | None
+    ) -> Call:
         try:
             request = ProcessRequest.create(prompt, model_tier, **fields)
         except rules.RuleViolation as exc:
             raise rule_error(exc) from None
-        return self._engine.api_call("POST", "/process", json=request.body(), idempotent=False, process=request)
+        return self._engine.api_call(
+            "POST", "/process", json=request.body(), idempotent=False, process=request, before_send=before_send
+        )
 
     def _estimate_call(self, model_tier: str, provider: str | None) -> Call:
         try:
@@ -398,6 +408,7 @@ class AsyncFlokanClient(_ClientBase):
         character_id: str | None = None,
         provider: str | None = None,
         slot: Slot | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> ProcessResult:
         """Async :meth:`FlokanClient.process`.
 
@@ -406,9 +417,12 @@ class AsyncFlokanClient(_ClientBase):
                 made right before the send stay true); by default the call takes its own. It is
                 given back when the answer is in, and taken again for a retry after a 429;
                 releasing it again afterwards is harmless.
+            before_send: Awaited right before the request goes on the wire (each time, retries
+                included): where a write-ahead record belongs, so that a record without a job
+                means a request that was at most an instant from being sent.
         """
         call = self._process_call(
-            prompt, model_tier, image_id=image_id, image_url=image_url, style_id=style_id,
+            prompt, model_tier, before_send, image_id=image_id, image_url=image_url, style_id=style_id,
             character_id=character_id, provider=provider,
         )  # fmt: skip
         return self._engine.parse(ProcessResult, call, *await self._send(call, slot))
@@ -468,6 +482,8 @@ class AsyncFlokanClient(_ClientBase):
             while True:
                 await self.concurrency.reacquire(slot)
                 request = self._engine.build_request(self._http, call)
+                if call.before_send is not None:
+                    await call.before_send()
                 sent_at = utcnow()
                 self._engine.note_sent(attempt)
                 try:

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -29,9 +30,10 @@ from flokan_dagster.api.errors import (
     FlokanValidationError,
     error_class_for,
 )
-from flokan_dagster.api.models import ProcessRequest
+from flokan_dagster.api.models import ProcessRequest, ProcessResult
 from flokan_dagster.api.ratelimit import RateLimitTracker
-from flokan_dagster.api.retry import NOT_SENT_ERRORS, RetryPolicy, is_retryable_exception, is_retryable_status, parse_retry_after
+from flokan_dagster.api.retry import NOT_SENT_ERRORS, RetryPolicy, is_retryable_exception, is_retryable_status, parse_retry_after, utcnow
+from flokan_dagster.api.server_clock import ServerClock
 
 logger = logging.getLogger("flokan_dagster.client")
 
@@ -55,6 +57,8 @@ class Call:
         idempotent: Whether repeating the call cannot charge twice.
         process: The ``/process`` request, for unknown-outcome errors.
         max_body_bytes: Largest answer accepted.
+        before_send: Awaited right before each time the request goes on the wire (the async
+            client's ``/process`` write-ahead record: as close to the send as it can be).
     """
 
     method: str
@@ -68,6 +72,7 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     process: ProcessRequest | None = None
     max_body_bytes: int = MAX_API_BODY_BYTES
+    before_send: Callable[[], Awaitable[None]] | None = None
 
     @property
     def path(self) -> str:
@@ -136,6 +141,7 @@ class Engine:
         self.retry = retry
         self.rate_limit = RateLimitTracker()
         self.stats = ClientStats()
+        self.clock = ServerClock()
 
     def redact(self, text: str) -> str:
         """``text`` with this client's key, its secret part and anything key-shaped masked.
@@ -218,6 +224,8 @@ class Engine:
         """Decide after an answer: None when it is a success, seconds to wait to retry, or raise."""
         if call.api:
             self.rate_limit.observe(response.headers)
+            # Job times are on the server's clock: every API answer's Date header bounds its offset.
+            self.clock.observe_date(response.headers.get("Date"), sent_at, utcnow())
         status = response.status_code
         if 200 <= status < 300:
             return None
@@ -260,7 +268,11 @@ class Engine:
 
     def parse(self, model: type[ModelT], call: Call, response: httpx.Response, body: bytes, sent_at: datetime) -> ModelT:
         """Validate the envelope's ``data`` against ``model``."""
-        return self.validate(model, self.envelope(call, response, body, sent_at)["data"], call, response, sent_at)
+        parsed = self.validate(model, self.envelope(call, response, body, sent_at)["data"], call, response, sent_at)
+        if isinstance(parsed, ProcessResult):
+            # The job was created on the server while this request was open.
+            self.clock.observe_stamp(parsed.created_at, sent_at, utcnow())
+        return parsed
 
     def validate(self, model: type[ModelT], data: Any, call: Call, response: httpx.Response, sent_at: datetime) -> ModelT:
         """Validate already-decoded ``data`` against ``model``, or raise a clear error."""

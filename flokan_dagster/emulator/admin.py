@@ -145,6 +145,10 @@ class EmulatorAdmin:
         """Replace the seeded fault plan (occurrence counting restarts)."""
         self._call("PUT", "/faults/plan", plan.model_dump())
 
+    def set_clock_offset(self, offset_s: float) -> dict[str, Any]:
+        """Put the server's clock ``offset_s`` seconds ahead of this machine's (negative: behind)."""
+        return dict(self._call("PUT", "/clock", {"offset_s": offset_s}))
+
     def set_latency(
         self, latency: str | None = None, latency_ms: int | None = None, time_scale: float | None = None
     ) -> dict[str, Any]:

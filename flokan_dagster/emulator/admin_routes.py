@@ -235,6 +235,22 @@ async def _get_latency(request: Request, runtime: Runtime) -> Any:
     return {"latency": cfg.latency, "latency_ms": cfg.latency_ms, "time_scale": cfg.time_scale}
 
 
+class ClockSettings(BaseModel):
+    """``PUT /_emulator/clock``: how far the server's clock is ahead of the machine's (negative: behind)."""
+
+    offset_s: float = Field(ge=-7 * 86400, le=7 * 86400)
+
+
+async def _set_clock(request: Request, runtime: Runtime) -> Any:
+    settings: ClockSettings = await _body(request, ClockSettings)
+    runtime.clock_offset_s = settings.offset_s
+    return await _get_clock(request, runtime)
+
+
+async def _get_clock(request: Request, runtime: Runtime) -> Any:
+    return {"offset_s": runtime.clock_offset_s, "now": runtime.now().isoformat()}
+
+
 async def _health(request: Request) -> Response:
     return _json(200, {"ok": True})
 
@@ -258,4 +274,6 @@ def admin_routes() -> list[Route]:
         Route("/faults/plan", _admin(_set_plan), methods=["PUT"]),
         Route("/latency", _admin(_get_latency), methods=["GET"]),
         Route("/latency", _admin(_set_latency), methods=["PUT"]),
+        Route("/clock", _admin(_get_clock), methods=["GET"]),
+        Route("/clock", _admin(_set_clock), methods=["PUT"]),
     ]

@@ -9,12 +9,14 @@ resource lookups (404) -> safety (422) -> credits (402) -> job.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from email.utils import format_datetime
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +34,7 @@ from flokan_dagster.emulator.errors import ApiError
 from flokan_dagster.emulator.faults import FaultSet, parse_fault_header
 from flokan_dagster.emulator.openapi import openapi_document
 from flokan_dagster.emulator.runtime import API_PREFIX, Runtime
-from flokan_dagster.emulator.state import iso, iso_now, parse_iso
+from flokan_dagster.emulator.state import iso, parse_iso
 from flokan_dagster.emulator.storage import is_storage_url, stored_image_for_path
 from flokan_dagster.emulator.validation import (
     PLATFORM,
@@ -178,7 +180,8 @@ def api_endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[
     async def endpoint(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
         runtime.hits[route] += 1
-        headers: dict[str, str] = {}
+        # Every answer carries the server's clock (Part B), shifted by the clock_offset fault.
+        headers: dict[str, str] = {"Date": format_datetime(runtime.now().replace(microsecond=0), usegmt=True)}
         faults = FaultSet()
         call: Call | None = None
         try:
@@ -195,8 +198,18 @@ def api_endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[
                 raise ApiError(500, "internal server error (injected by the emulator)")
             if faults.latency_ms and route != "POST /process":
                 await asyncio.sleep(faults.latency_ms * runtime.config.time_scale / 1000)
+            if faults.late_accept_ms is not None:
+                # A gateway answers at once; the request reaches the server later and is charged then.
+                later = Call(runtime, request, owner, body, dataclasses.replace(faults, late_accept_ms=None))
+                runtime.keep(asyncio.create_task(_deliver_late(handler, later, faults.late_accept_ms / 1000)))
+                status = faults.late_accept_status
+                raise ApiError(status, f"bad gateway: upstream did not answer in time (HTTP {status}, injected by the emulator)")
             call = Call(runtime, request, owner, body, faults)
             status, payload = await handler(call)
+            if faults.omit_fields and status < 400:
+                payload = _without(payload, faults.omit_fields)
+            if faults.answer_delay_ms:
+                await asyncio.sleep(faults.answer_delay_ms * runtime.config.time_scale / 1000)
         except ApiError as exc:
             status, payload = exc.status, {"success": False, "error": exc.message}
             headers.update(exc.headers)
@@ -211,6 +224,25 @@ def api_endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[
         return _json(status, payload, headers)
 
     return endpoint
+
+
+async def _deliver_late(handler: Handler, call: Call, delay_s: float) -> None:
+    """Run a request the client was told failed, ``delay_s`` later (a gateway that buffered it)."""
+    await asyncio.sleep(delay_s)
+    try:
+        await handler(call)
+    except ApiError:
+        pass  # refused or failed when it arrived: nobody is listening for the answer
+
+
+def _without(payload: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """``payload`` with optional fields left out of its job row(s), as a real server may."""
+    data = payload.get("data")
+    if isinstance(data, list):
+        data = [{k: v for k, v in row.items() if k not in names} if isinstance(row, dict) else row for row in data]
+    elif isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in names}
+    return {**payload, "data": data}
 
 
 # -- public endpoints ----------------------------------------------------------------------------
@@ -419,7 +451,7 @@ async def process(call: Call) -> tuple[int, dict[str, Any]]:
         "style_id": req.style_id,
         "character_id": req.character_id,
         "credits_consumed": 0,
-        "created_at": iso_now(),
+        "created_at": iso(runtime.now()),
     }
     _take_provider_slot(runtime, call)
     runtime.store.insert_job(job)

@@ -69,3 +69,5 @@ class EmulatorConfig(BaseModel):
     demo_rate_limit_per_minute: int = Field(6000, ge=1)
     #: Length of a rate-limit window in seconds: Flokan's is a minute; tests shorten it.
     rate_window_s: float = Field(60.0, gt=0)
+    #: Seconds the server's clock is ahead of the machine's (negative: behind); job times and Date follow it.
+    clock_offset_s: float = 0.0

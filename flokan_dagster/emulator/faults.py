@@ -30,9 +30,18 @@ FAULT_KINDS: tuple[str, ...] = (
     "drop_after_complete",
     "malformed",
     "safety",
+    # Clocks, late acceptance and optional fields (flokan-api.md Part B):
+    "late_accept",
+    "answer_delay",
+    "omit_fields",
 )
 MALFORMED_VARIANTS: tuple[str, ...] = ("non_json", "missing_fields", "wrong_types", "huge", "truncated")
 HTTP_ERROR_STATUSES: tuple[int, ...] = (500, 502, 503, 504)
+#: Job row fields Part B lets a real row omit (``omit_fields`` may drop any of them).
+OPTIONAL_JOB_FIELDS: tuple[str, ...] = (
+    "provider", "provider_used", "image_id", "image_url", "style_id", "character_id", "result_url",
+    "result_image_id", "processing_ms", "error", "completed_at",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,22 @@ def make_fault(kind: str, params: dict[str, Any] | None = None) -> Fault:
         return Fault(kind, {"status": status})
     if kind == "rate_limit":
         return Fault(kind, {"retry_after": number("retry_after", 1)})
+    if kind == "late_accept":
+        status = number("status", 502)
+        if status not in HTTP_ERROR_STATUSES:
+            raise ValueError(f"fault late_accept: status must be one of {HTTP_ERROR_STATUSES}, got {status}")
+        return Fault(kind, {"delay_ms": number("delay_ms", 4000), "status": status})
+    if kind == "answer_delay":
+        return Fault(kind, {"ms": number("ms", 1000)})
+    if kind == "omit_fields":
+        raw = params.get("fields", "result_image_id")
+        names = raw.split("|") if isinstance(raw, str) else raw
+        if not isinstance(names, list) or not names or any(n not in OPTIONAL_JOB_FIELDS for n in names):
+            raise ValueError(
+                f"fault omit_fields: fields must be optional job fields ({', '.join(OPTIONAL_JOB_FIELDS)}) "
+                f"joined by '|', got {raw!r}"
+            )
+        return Fault(kind, {"fields": list(names)})
     if kind == "malformed":
         variant = params.get("variant", "non_json")
         if variant not in MALFORMED_VARIANTS:
@@ -124,6 +149,10 @@ class FaultSet:
     malformed: str | None = None
     malformed_bytes: int = 0
     safety: bool = False
+    late_accept_ms: int | None = None
+    late_accept_status: int = 502
+    answer_delay_ms: int | None = None
+    omit_fields: tuple[str, ...] = ()
 
     def add(self, fault: Fault) -> None:
         """Fold one more fault in (the longest latency wins; the last status/variant wins)."""
@@ -142,6 +171,12 @@ class FaultSet:
             self.malformed_bytes = fault.params["bytes"]
         elif fault.kind == "safety":
             self.safety = True
+        elif fault.kind == "late_accept":
+            self.late_accept_ms, self.late_accept_status = fault.params["delay_ms"], fault.params["status"]
+        elif fault.kind == "answer_delay":
+            self.answer_delay_ms = max(self.answer_delay_ms or 0, fault.params["ms"])
+        elif fault.kind == "omit_fields":
+            self.omit_fields = tuple(dict.fromkeys((*self.omit_fields, *fault.params["fields"])))
 
 
 class FaultBook:

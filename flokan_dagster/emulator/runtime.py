@@ -20,6 +20,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flokan_dagster.emulator.config import LATENCY_RANGES_MS, EmulatorConfig
@@ -110,6 +111,13 @@ class Runtime:
         self.executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="flokan-render")
         self.tasks: set[asyncio.Task[Any]] = set()
         self._secret = store.signing_secret()
+        #: Seconds the server's clock is ahead of the machine's (negative: behind); the
+        #: ``PUT /_emulator/clock`` fault. Job times and the Date header follow it.
+        self.clock_offset_s = config.clock_offset_s
+
+    def now(self) -> datetime:
+        """The server's clock: this machine's UTC time shifted by ``clock_offset_s``."""
+        return datetime.now(UTC) + timedelta(seconds=self.clock_offset_s)
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         """Hold a strong reference to a background job task until it finishes."""

@@ -144,7 +144,7 @@ class EmulatorServer:
         logging.getLogger("uvicorn.error").addFilter(_EXPECTED_DROP)
         self._servers = [
             uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none",
-                                          timeout_graceful_shutdown=1, backlog=4096))
+                                          timeout_graceful_shutdown=1, backlog=4096, date_header=False))
             for app in (build_api_app(self._runtime), build_storage_app(self._runtime))
         ]
         sockets = [api_sock, storage_sock]

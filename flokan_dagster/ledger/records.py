@@ -43,8 +43,11 @@ REQUEST_FIELDS: Final[tuple[str, ...]] = (
     "character_id",
     "source_ref",
 )
-TIMESTAMP_FIELDS: Final[tuple[str, ...]] = ("sent_at", "job_created_at", "completed_at")
-INT_FIELDS: Final[tuple[str, ...]] = ("credits_consumed", "estimated_credits", "processing_ms")
+TIMESTAMP_FIELDS: Final[tuple[str, ...]] = ("sent_at", "job_created_at", "completed_at", "server_sent_at")
+INT_FIELDS: Final[tuple[str, ...]] = ("credits_consumed", "estimated_credits", "processing_ms", "clock_error_ms")
+# When the request left on the server's clock, and that estimate's error: job times are compared
+# with the server's clock (settle.py), and an attempt settled later keeps the clock it was sent under.
+SERVER_CLOCK_FIELDS: Final[tuple[str, ...]] = ("server_sent_at", "clock_error_ms")
 
 # The columns an event may set, in table order. ``recorded_at``, ``updated_at`` and ``revision``
 # are derived by the fold, never set by an event.
@@ -67,7 +70,10 @@ EVENT_FIELDS: Final[tuple[str, ...]] = (
     "result_sha256",
     "error",
     "origin",
-    *TIMESTAMP_FIELDS,
+    "sent_at",
+    "job_created_at",
+    "completed_at",
+    *SERVER_CLOCK_FIELDS,
 )
 COLUMNS: Final[tuple[str, ...]] = ("attempt_id", *EVENT_FIELDS, "recorded_at", "updated_at", "revision")
 
@@ -419,6 +425,8 @@ class AttemptRecord:
     sent_at: datetime | None = None
     job_created_at: datetime | None = None
     completed_at: datetime | None = None
+    server_sent_at: datetime | None = None
+    clock_error_ms: int | None = None
     recorded_at: datetime | None = None
     updated_at: datetime | None = None
     revision: int | None = None

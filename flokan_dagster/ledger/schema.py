@@ -17,6 +17,7 @@ from typing import Final
 import duckdb
 
 from flokan_dagster.ledger.backend import serialize_writers, uses_postgres
+from flokan_dagster.ledger.claims import CLAIMS_TABLE
 
 SCHEMA_VERSION: Final = 1
 
@@ -62,6 +63,8 @@ TABLES: Final[tuple[str, ...]] = (
         sent_at TIMESTAMP,
         job_created_at TIMESTAMP,
         completed_at TIMESTAMP,
+        server_sent_at TIMESTAMP,
+        clock_error_ms BIGINT,
         recorded_at TIMESTAMP NOT NULL,
         updated_at TIMESTAMP NOT NULL,
         revision BIGINT NOT NULL
@@ -89,6 +92,14 @@ TABLES: Final[tuple[str, ...]] = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS attempt_jobs_by_job ON attempt_jobs (job_id)",
+    # Which run may spend on a SKU right now (ledger/claims.py).
+    CLAIMS_TABLE,
+)
+
+# Columns added after version 1 shipped; a ledger made before them gains them on open.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    "ALTER TABLE attempts ADD COLUMN IF NOT EXISTS server_sent_at TIMESTAMP",
+    "ALTER TABLE attempts ADD COLUMN IF NOT EXISTS clock_error_ms BIGINT",
 )
 
 VIEWS: Final[tuple[str, ...]] = (
@@ -188,6 +199,8 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
                WHERE json_extract_string(payload, '$.fields.job_id') IS NOT NULL
                ON CONFLICT DO NOTHING"""
         )
+    for statement in MIGRATIONS:
+        conn.execute(statement)
     found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     version = found[0] if found else None
     if version is not None and version > SCHEMA_VERSION:

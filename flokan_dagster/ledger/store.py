@@ -25,6 +25,9 @@ from typing import Any, Final, TypeVar
 
 import duckdb
 
+from flokan_dagster.ledger import claims as claim_rows
+from flokan_dagster.ledger.backend import serialize_writers
+from flokan_dagster.ledger.claims import Claim, ClaimOutcome, Judge, ProcessIdentity
 from flokan_dagster.ledger.connection import (
     LedgerLockedError,
     database_file,
@@ -157,6 +160,9 @@ class CreditLedger:
         estimated_credits: int | None = None,
         sent_at: datetime | None = None,
         attempt_id: str | None = None,
+        server_sent_at: datetime | None = None,
+        clock_error_ms: int | None = None,
+        merge: bool = True,
     ) -> str:
         """Record an attempt as ``pending`` just before ``POST /process`` is sent.
 
@@ -179,6 +185,11 @@ class CreditLedger:
             estimated_credits: The ``/estimate-credits`` upper bound.
             sent_at: When ``/process`` is sent; defaults to now.
             attempt_id: A caller-chosen id; defaults to a new UUID4.
+            server_sent_at: ``sent_at`` on the server's clock (estimated from its answers).
+            clock_error_ms: The error of that estimate, in milliseconds.
+            merge: False makes the record durable in the spool only (a few milliseconds, never a
+                wait for the database lock) and leaves merging it to the next write: for a record
+                written the instant before a request goes out.
 
         Returns:
             The attempt id, to pass to ``finish_attempt``.
@@ -205,9 +216,17 @@ class CreditLedger:
             "status": "pending",
             "origin": "dagster",
             "sent_at": sent_at or utc_now(),
+            "server_sent_at": server_sent_at,
+            "clock_error_ms": clock_error_ms,
         }
         self._remember_identity(attempt_id, fields)
-        self._write([LedgerEvent.create(attempt_id, "begin", fields)])
+        event = LedgerEvent.create(attempt_id, "begin", fields)
+        if merge or database_file(self.database) is None:
+            # A remote (shared) ledger merges at once: another machine cannot see this one's spool.
+            self._write([event])
+        else:
+            self.spool.put(event)
+            self._spooled.bump()
         return attempt_id
 
     def finish_attempt(
@@ -390,6 +409,128 @@ class CreditLedger:
         clear = ("error",) if fields["status"] == "completed" else ()
         fields.update(self._identity(attempt_id))
         return self._write([LedgerEvent.create(attempt_id, "settle", fields, clear=clear)])
+
+    # ------------------------------------------------------------------ claims
+
+    def claim_skus(
+        self,
+        asset: str,
+        run_id: str,
+        fingerprints: Mapping[str, str | None],
+        judge: Judge,
+        holder: ProcessIdentity | None = None,
+    ) -> ClaimOutcome:
+        """Claim SKUs of ``asset`` for ``run_id`` before anything is sent, in one read-write transaction.
+
+        Not spooled: a claim must be decided now. If the database stays locked past
+        ``read_timeout_s`` (the time a run's planning waits for it), every SKU is refused (not
+        sent, nothing paid).
+
+        Args:
+            asset: The asset key string.
+            run_id: The claiming run.
+            fingerprints: SKU -> input fingerprint to spend on.
+            judge: Says whether another run's claim is alive, with the evidence.
+            holder: The claiming process; this one by default.
+
+        Example:
+            >>> from flokan_dagster.ledger.claims import Liveness
+            >>> got = ledger.claim_skus("images", "run-1", {"MUG-1": "fp1"},
+            ...                         judge=lambda c: Liveness(True, "test"))  # doctest: +SKIP
+            >>> got.granted
+            {'MUG-1': None}
+        """
+        holder = holder or ProcessIdentity.current()
+        try:
+            return self._transact(
+                lambda conn: claim_rows.claim(conn, asset, run_id, fingerprints, judge, holder),
+                max(self.lock_timeout_s, self.read_timeout_s),
+            )
+        except LedgerLockedError as exc:
+            why = f"the ledger stayed locked, so the SKU could not be claimed ({exc}); not sent, nothing paid"
+            return ClaimOutcome(refused={sku: f"SKU {sku!r}: {why}" for sku in fingerprints})
+
+    def release_claims(self, run_id: str) -> int:
+        """Release every claim of ``run_id`` (when the run finishes); returns how many.
+
+        A locked ledger leaves them: the run is then finished in Dagster, which is the evidence
+        the next claimer goes by.
+        """
+        try:
+            return self._transact(lambda conn: claim_rows.release(conn, run_id), self.lock_timeout_s)
+        except LedgerLockedError:
+            logger.warning("ledger %s locked; claims of run %s released by the next claimer on evidence", describe(self.database), run_id)
+            return 0
+
+    def heartbeat_claims(self, run_id: str) -> bool:
+        """Refresh the heartbeat of ``run_id``'s claims; False if the ledger stayed locked."""
+        try:
+            self._transact(lambda conn: claim_rows.heartbeat(conn, run_id), self.lock_timeout_s)
+        except LedgerLockedError:
+            return False
+        return True
+
+    def send_checks(self, asset: str, fingerprints: Mapping[str, str], run_id: str) -> dict[str, SendCheck]:
+        """What the ledger says right before SKUs' ``/process`` calls are sent (one read for all).
+
+        Returns:
+            Per SKU: its claim holder, a completed attempt with its fingerprint (reuse it instead
+            of paying), and other runs' attempts with its fingerprint still unsettled.
+
+        Example:
+            >>> ledger.send_checks("images", {"MUG-1": "fp1"}, "run-1")["MUG-1"].holder  # doctest: +SKIP
+            Claim(asset='images', sku='MUG-1', ..., run_id='run-1', ...)
+        """
+        skus = sorted(fingerprints)
+
+        def query(conn: duckdb.DuckDBPyConnection, source: str) -> dict[str, SendCheck]:
+            holders = claim_rows.claims_for(conn, asset, skus)
+            rows = conn.execute(
+                f"{source}, wanted AS (SELECT unnest(?) AS sku, unnest(?) AS fingerprint)"
+                f" SELECT {', '.join('a.' + c for c in COLUMNS)} FROM current_attempts a JOIN wanted w USING (sku, fingerprint)"
+                " WHERE a.asset = ? AND (a.status = 'completed' OR (a.status IN ('pending', 'unknown') AND a.run_id IS DISTINCT FROM ?))"
+                " ORDER BY coalesce(a.completed_at, a.updated_at) DESC, a.revision DESC",
+                [skus, [fingerprints[s] for s in skus], asset, run_id],
+            ).fetchall()
+            found: dict[str, list[AttemptRecord]] = {sku: [] for sku in skus}
+            for row in rows:
+                record = AttemptRecord.from_row(dict(zip(COLUMNS, row)))
+                found[record.sku or ""].append(record)
+            return {
+                sku: SendCheck(
+                    holders.get(sku),
+                    next((r for r in found[sku] if r.status == "completed"), None),
+                    [r for r in found[sku] if r.status != "completed"],
+                )
+                for sku in skus
+            }
+
+        return self._read(query)
+
+    def pending_twins(self, fields: Any, except_attempt: str | None) -> list[str]:
+        """Pending attempts without a job whose request has the same fields as ``fields``.
+
+        While one is in flight, a job matching ``fields`` may be its: adoption waits.
+
+        Args:
+            fields: A RequestFields, AttemptRecord or anything with the request attributes.
+            except_attempt: The attempt being settled.
+        """
+        names = ("prompt", "model_tier", "provider", "image_id", "image_url", "style_id", "character_id")
+        values = [getattr(fields, name, None) for name in names]
+        values[2] = values[2] or "platform"
+        condition = " AND ".join(
+            f"coalesce({name}, 'platform') = ?" if name == "provider" else f"{name} IS NOT DISTINCT FROM ?"
+            for name in names
+        )
+        rows = self._read(
+            lambda conn, source: conn.execute(
+                f"{source} SELECT attempt_id FROM current_attempts WHERE status = 'pending' AND job_id IS NULL"
+                f" AND origin IS DISTINCT FROM 'external' AND attempt_id IS DISTINCT FROM ? AND {condition}",
+                [except_attempt, *values],
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
 
     def flush_spool(self) -> int:
         """Merge spooled events into the database now.
@@ -721,7 +862,8 @@ class CreditLedger:
             table, row_key = ("attempts", "rowid") if direct else ("current_attempts", "attempt_id")
             latest = ("ORDER BY coalesce(a.completed_at, a.updated_at, a.recorded_at) DESC, coalesce(a.revision, 0) DESC,"
                       " a.recorded_at, a.attempt_id")  # fmt: skip
-            made = "(a.status = 'completed' AND a.result_image_id IS NOT NULL)"
+            # result_image_id is optional in job rows: a completed attempt without it is reusable.
+            made = "(a.status = 'completed')"
             same = "coalesce(a.fingerprint = w.fingerprint, false)"
             # Two statements: the choice over narrow columns, then whole rows for the chosen keys
             # only. (As one statement DuckDB scanned every column of every row for the second part.)
@@ -904,6 +1046,26 @@ class CreditLedger:
             )
             return False
 
+    def _transact(self, work: Callable[[duckdb.DuckDBPyConnection], T], timeout_s: float) -> T:
+        """Run ``work`` in one read-write transaction under the exclusive ledger lock (a claim:
+        decided now, never spooled), waiting up to ``timeout_s`` for the file."""
+        with self._process_lock, locked_connection(
+            self.database, self._file_lock, read_only=False, timeout_s=timeout_s
+        ) as conn:
+            assert conn is not None  # only a no_longer_needed() callback yields None
+            if not self._schema_ready:
+                ensure_schema(conn)
+                self._schema_ready = True
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                serialize_writers(conn)  # a shared PostgreSQL ledger: one writer at a time, any machine
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
     @contextmanager
     def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection under the shared ledger lock (the caller holds the process lock)."""
@@ -968,6 +1130,19 @@ def _shared_identities(database: str) -> tuple[dict[str, dict[str, Any]], thread
     key = database if is_remote(database) else str(Path(database).resolve())
     with _IDENTITIES_GUARD:
         return _IDENTITIES.setdefault(key, ({}, threading.Lock()))
+@dataclasses.dataclass(frozen=True)
+class SendCheck:
+    """What :meth:`CreditLedger.send_check` found.
+
+    Attributes:
+        holder: The SKU's claim (None: nobody holds it).
+        reusable: A completed attempt with the fingerprint: reuse it, pay nothing.
+        unsettled: Other runs' pending or unknown attempts with the fingerprint: settle them first.
+    """
+
+    holder: Claim | None
+    reusable: AttemptRecord | None
+    unsettled: list[AttemptRecord]
 
 
 def _external_event(job_row: Mapping[str, Any], origin: str) -> LedgerEvent:

@@ -1,0 +1,315 @@
+"""Claims: which run may spend on a SKU right now, held in the ledger and judged on evidence.
+
+Before a run sends anything it claims each (asset, SKU) it will spend on, in one read-write
+transaction of the ledger (never through the spool: a claim must be decided, not deferred). A
+SKU claimed by another live run is refused by name. A claim is released when its run finishes;
+one held by a dead run is taken over on *evidence*, never by a long timer: the Dagster run is
+finished in the instance, or its process is gone (same host: pid and process start time), or,
+from another host, its heartbeat stopped.
+
+Example:
+    >>> me = ProcessIdentity.current()
+    >>> claim = Claim("images", "MUG-1", "fp1", "run-1", me.hostname, me.pid, me.started,
+    ...               utc_now(), utc_now())
+    >>> holder_evidence(claim).alive  # this process holds no live run "run-1"
+    False
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+import duckdb
+
+from flokan_dagster.ledger.records import utc_now
+
+CLAIMS_TABLE: Final = """
+    CREATE TABLE IF NOT EXISTS claims (
+        asset VARCHAR NOT NULL,
+        sku VARCHAR NOT NULL,
+        fingerprint VARCHAR,
+        run_id VARCHAR NOT NULL,
+        hostname VARCHAR,
+        pid BIGINT,
+        process_started BIGINT,
+        claimed_at TIMESTAMP NOT NULL,
+        heartbeat_at TIMESTAMP NOT NULL
+    )
+"""
+_COLUMNS: Final = (
+    "asset", "sku", "fingerprint", "run_id", "hostname", "pid", "process_started", "claimed_at", "heartbeat_at",
+)  # fmt: skip
+_SELECT: Final = ", ".join(_COLUMNS)
+
+#: How often a run refreshes its claims' heartbeat, and how old a heartbeat from another host
+#: may be before its run counts as dead (several missed beats, not one slow one).
+HEARTBEAT_EVERY_S: Final = 20.0
+HEARTBEAT_STALE_S: Final = 120.0
+
+# Runs holding claims in this process: a claim naming this very process is alive only while its
+# run is here (a finished run of a long-lived process, e.g. a test or a code server, is not).
+_LIVE_RUNS: set[str] = set()
+_LIVE_RUNS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """Who holds a claim: host, pid and the process's start time (a reused pid differs in it)."""
+
+    hostname: str
+    pid: int
+    started: int | None
+
+    @classmethod
+    def current(cls) -> ProcessIdentity:
+        """This process."""
+        return cls(socket.gethostname(), os.getpid(), process_start_ticks(os.getpid()))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of the ``claims`` table."""
+
+    asset: str
+    sku: str
+    fingerprint: str | None
+    run_id: str
+    hostname: str | None
+    pid: int | None
+    process_started: int | None
+    claimed_at: datetime
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """Whether a claim's run is alive, and the evidence, in words for the user."""
+
+    alive: bool
+    why: str
+
+
+@dataclass
+class ClaimOutcome:
+    """What a run's claim step got.
+
+    Attributes:
+        granted: SKU -> the claim taken over from a dead run (None when the SKU was free or ours).
+        refused: SKU -> why it is not sent (held by a live run, or the ledger stayed locked).
+    """
+
+    granted: dict[str, Claim | None] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+Judge = Callable[[Claim], Liveness]
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _process_state(pid: int, started: int | None) -> str:
+    """``gone`` (no such process, a zombie, or its pid reused) or ``alive``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        pass  # exists, belongs to another user
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rfind(")") + 2 :].split()[0] in ("Z", "X"):
+            return "gone"
+    except (OSError, IndexError):
+        pass
+    current = process_start_ticks(pid)
+    if started is not None and current is not None and current != started:
+        return "gone"
+    return "alive"
+
+
+def holder_evidence(claim: Claim, now: datetime | None = None, heartbeat_stale_s: float = HEARTBEAT_STALE_S) -> Liveness:
+    """Whether the process holding ``claim`` still runs, judged without Dagster.
+
+    Same host: the pid and its start time (this very process: whether the run is still here).
+    Another host: the heartbeat the run refreshes every ``HEARTBEAT_EVERY_S``.
+    """
+    me = ProcessIdentity.current()
+    where = f"process {claim.pid} on host {claim.hostname}"
+    if claim.hostname == me.hostname and claim.pid is not None:
+        if claim.pid == me.pid and claim.process_started == me.started:
+            with _LIVE_RUNS_LOCK:
+                here = claim.run_id in _LIVE_RUNS
+            return Liveness(here, f"its {where} (this process) {'is running it' if here else 'runs it no more'}")
+        state = _process_state(claim.pid, claim.process_started)
+        return Liveness(state == "alive", f"its {where} is {state}")
+    age_s = ((now or utc_now()) - claim.heartbeat_at).total_seconds()
+    if age_s > heartbeat_stale_s:
+        return Liveness(False, f"its heartbeat from {where} stopped {age_s:.0f} s ago")
+    return Liveness(True, f"its heartbeat from {where} came {age_s:.0f} s ago")
+
+
+@contextmanager
+def live_run(run_id: str) -> Iterator[None]:
+    """Mark ``run_id`` as running in this process while the block runs (for :func:`holder_evidence`)."""
+    with _LIVE_RUNS_LOCK:
+        _LIVE_RUNS.add(run_id)
+    try:
+        yield
+    finally:
+        with _LIVE_RUNS_LOCK:
+            _LIVE_RUNS.discard(run_id)
+
+
+class ClaimHold:
+    """A run's hold on its claims: marks the run live in this process, refreshes the claims'
+    heartbeat every ``every_s`` in a background thread, and releases them on :meth:`close`.
+
+    Args:
+        run_id: The run.
+        beat: Refreshes the heartbeat (e.g. ``lambda: ledger.heartbeat_claims(run_id)``).
+        release: Releases the claims (e.g. ``lambda: ledger.release_claims(run_id)``).
+        every_s: Seconds between heartbeats.
+    """
+
+    def __init__(
+        self, run_id: str, beat: Callable[[], object], release: Callable[[], object], every_s: float = HEARTBEAT_EVERY_S
+    ) -> None:
+        self.run_id = run_id
+        self._release = release
+        self._stop = threading.Event()
+        self._live = live_run(run_id)
+        self._live.__enter__()
+
+        def loop() -> None:
+            while not self._stop.wait(every_s):
+                try:
+                    beat()
+                except Exception:  # noqa: BLE001 - a missed beat is retried; a stale one only lets a claim go
+                    pass
+
+        self._thread = threading.Thread(target=loop, name=f"claims-heartbeat-{run_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the heartbeat, release the claims and mark the run gone from this process."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        try:
+            self._release()
+        finally:
+            self._live.__exit__(None, None, None)
+
+
+def claims_for(conn: duckdb.DuckDBPyConnection, asset: str, skus: list[str]) -> dict[str, Claim]:
+    """The current claims on ``skus`` of ``asset``."""
+    rows = conn.execute(
+        f"SELECT {_SELECT} FROM claims WHERE asset = ? AND sku IN (SELECT unnest(?))", [asset, skus]
+    ).fetchall()
+    return {row[1]: Claim(*row) for row in rows}
+
+
+def claim(
+    conn: duckdb.DuckDBPyConnection,
+    asset: str,
+    run_id: str,
+    fingerprints: Mapping[str, str | None],
+    judge: Judge,
+    holder: ProcessIdentity,
+) -> ClaimOutcome:
+    """Claim ``fingerprints``' SKUs for ``run_id`` inside the caller's read-write transaction.
+
+    A SKU free or already ours is granted; one held by a run ``judge`` finds dead is taken over
+    (the old claim is returned so its attempt is settled before anything is paid); one held by a
+    live run is refused with the evidence.
+    """
+    outcome = ClaimOutcome()
+    now = utc_now()
+    held = claims_for(conn, asset, list(fingerprints))
+    fresh: list[str] = []
+    for sku, fingerprint in fingerprints.items():
+        current = held.get(sku)
+        if current is None:
+            fresh.append(sku)
+            outcome.granted[sku] = None
+            continue
+        if current.run_id != run_id:
+            liveness = judge(current)
+            if liveness.alive:
+                outcome.refused[sku] = (
+                    f"SKU {sku!r} is being generated by run {current.run_id} (claimed {current.claimed_at:%Y-%m-%d %H:%M:%S} UTC; "
+                    f"it counts as alive because {liveness.why}); not sending a second request"
+                )
+                continue
+            outcome.granted[sku] = current
+        else:
+            outcome.granted[sku] = None
+        conn.execute(
+            "UPDATE claims SET fingerprint = ?, run_id = ?, hostname = ?, pid = ?, process_started = ?, claimed_at = ?,"
+            " heartbeat_at = ? WHERE asset = ? AND sku = ?",
+            [fingerprint, run_id, holder.hostname, holder.pid, holder.started, now, now, asset, sku],
+        )
+    if fresh:
+        columns = ", ".join(f"unnest(?) AS {c}" for c in _COLUMNS)
+        conn.execute(
+            f"INSERT INTO claims ({_SELECT}) SELECT * FROM (SELECT {columns})",
+            [
+                [asset] * len(fresh), fresh, [fingerprints[s] for s in fresh], [run_id] * len(fresh),
+                [holder.hostname] * len(fresh), [holder.pid] * len(fresh), [holder.started] * len(fresh),
+                [now] * len(fresh), [now] * len(fresh),
+            ],
+        )  # fmt: skip
+    return outcome
+
+
+def release(conn: duckdb.DuckDBPyConnection, run_id: str) -> int:
+    """Drop every claim of ``run_id``; returns how many there were."""
+    row = conn.execute("SELECT count(*) FROM claims WHERE run_id = ?", [run_id]).fetchone()
+    conn.execute("DELETE FROM claims WHERE run_id = ?", [run_id])
+    return int(row[0]) if row else 0
+
+
+def heartbeat(conn: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Refresh the heartbeat of every claim of ``run_id``."""
+    conn.execute("UPDATE claims SET heartbeat_at = ? WHERE run_id = ?", [utc_now(), run_id])
+
+
+__all__ = [
+    "CLAIMS_TABLE",
+    "HEARTBEAT_EVERY_S",
+    "HEARTBEAT_STALE_S",
+    "Claim",
+    "ClaimHold",
+    "ClaimOutcome",
+    "Judge",
+    "Liveness",
+    "ProcessIdentity",
+    "claim",
+    "claims_for",
+    "heartbeat",
+    "holder_evidence",
+    "live_run",
+    "process_start_ticks",
+    "release",
+]
