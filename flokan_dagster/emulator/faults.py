@@ -116,12 +116,14 @@ def parse_fault_header(value: str) -> list[Fault]:
 
 class FaultRule(BaseModel):
     """An admin fault rule: inject ``kind`` on ``route`` (optionally only when the prompt
-    contains ``prompt_contains``), ``times`` times (None = always)."""
+    contains ``prompt_contains``), ``times`` times (None = always), after letting the first
+    ``skip`` matching requests through (e.g. the second of two identical requests only)."""
 
     kind: str
     route: str = "POST /process"
     prompt_contains: str | None = None
     times: int | None = Field(None, ge=1)
+    skip: int = Field(0, ge=0)
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("kind")
@@ -228,6 +230,9 @@ class FaultBook:
                 if rule.route != route:
                     continue
                 if rule.prompt_contains is not None and (prompt is None or rule.prompt_contains not in prompt):
+                    continue
+                if rule.skip:
+                    rule.skip -= 1
                     continue
                 found.append(Fault(rule.kind, dict(rule.params)))
                 if rule.times is not None:
