@@ -41,6 +41,7 @@ from flokan_dagster.api.models import Job
 from flokan_dagster.api.retry import utcnow
 from flokan_dagster.image_store import ImageStore, StoredImage
 from flokan_dagster.ledger import AttemptRecord, CreditLedger
+from flokan_dagster.ledger.claims import holder_evidence
 from flokan_dagster.settle import (
     DEFAULT_WINDOW_S,
     TERMINAL_STATUSES,
@@ -70,8 +71,9 @@ class ReconcileSettings:
         budget_s: Wall-clock budget of a pass; keep it well under Dagster's 60 s tick limit.
         overlap_s: How far below the newest ``created_at`` already seen a pass still looks, for
             rows that commit slightly out of order (deduplicated by job id).
-        stale_after_s: A ``pending`` attempt with no job id older than this belongs to a run that
-            died mid-call; it is settled like an ``unknown`` one.
+        stale_after_s: A ``pending`` attempt with no job id older than this is settled like an
+            ``unknown`` one even if its run still seems to hold the SKU's claim (sooner when the
+            claim shows the run is gone: released, taken over, or its process dead).
         window_s: How long after an attempt was sent (on the server's clock) its job may have been
             created.
     """
@@ -369,8 +371,9 @@ class _Pass:
         self.in_flight: set[str] = set()
         self.to_adopt: list[str] = []  # attempt ids settled onto a completed job
         pending = ledger.in_flight_attempts()
-        self.abandoned = [a for a in pending if _age_s(a, self.now) >= settings.stale_after_s]
-        self.flying = [self._matcher(a) for a in pending if _age_s(a, self.now) < settings.stale_after_s]
+        live = _still_claimed(ledger, pending)
+        self.abandoned = [a for a in pending if a.attempt_id not in live or _age_s(a, self.now) >= settings.stale_after_s]
+        self.flying = [self._matcher(a) for a in pending if a.attempt_id in live and _age_s(a, self.now) < settings.stale_after_s]
 
     def run(self, cursor: ReconcileCursor) -> ReconcileResult:
         started, requests = time.monotonic(), self.client.stats.requests
@@ -603,6 +606,22 @@ class _Pass:
                 count = sum(a.status == "failed" for a in history)
                 failed.append(FailedSku(asset, sku, latest.error, latest.job_id, count))  # type: ignore[arg-type]
         return failed
+
+
+def _still_claimed(ledger: CreditLedger, pending: list[AttemptRecord]) -> set[str]:
+    """Attempt ids whose run still holds its SKU's claim and is alive by the evidence at hand.
+
+    A run claims a SKU before writing an attempt and releases it only after the attempt's outcome
+    is written, so a pending attempt whose run no longer holds a live claim was abandoned (its
+    run died): it is settled now, not after a long stale window.
+    """
+    claims = ledger.claims_on((a.asset, a.sku) for a in pending if a.asset and a.sku)
+    live = set()
+    for attempt in pending:
+        claim = claims.get((attempt.asset or "", attempt.sku or ""))
+        if claim is not None and claim.run_id == attempt.run_id and holder_evidence(claim).alive:
+            live.add(attempt.attempt_id)
+    return live
 
 
 def _advanced(position: ScanPosition, examined: list[Job]) -> ScanPosition:

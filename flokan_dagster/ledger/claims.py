@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ HEARTBEAT_STALE_S: Final = 120.0
 
 # Runs holding claims in this process: a claim naming this very process is alive only while its
 # run is here (a finished run of a long-lived process, e.g. a test or a code server, is not).
-_LIVE_RUNS: set[str] = set()
+_LIVE_RUNS: Counter[str] = Counter()
 _LIVE_RUNS_LOCK = threading.Lock()
 
 
@@ -158,7 +159,7 @@ def holder_evidence(claim: Claim, now: datetime | None = None, heartbeat_stale_s
     if claim.hostname == me.hostname and claim.pid is not None:
         if claim.pid == me.pid and claim.process_started == me.started:
             with _LIVE_RUNS_LOCK:
-                here = claim.run_id in _LIVE_RUNS
+                here = _LIVE_RUNS[claim.run_id] > 0
             return Liveness(here, f"its {where} (this process) {'is running it' if here else 'runs it no more'}")
         state = _process_state(claim.pid, claim.process_started)
         return Liveness(state == "alive", f"its {where} is {state}")
@@ -172,12 +173,14 @@ def holder_evidence(claim: Claim, now: datetime | None = None, heartbeat_stale_s
 def live_run(run_id: str) -> Iterator[None]:
     """Mark ``run_id`` as running in this process while the block runs (for :func:`holder_evidence`)."""
     with _LIVE_RUNS_LOCK:
-        _LIVE_RUNS.add(run_id)
+        _LIVE_RUNS[run_id] += 1
     try:
         yield
     finally:
         with _LIVE_RUNS_LOCK:
-            _LIVE_RUNS.discard(run_id)
+            _LIVE_RUNS[run_id] -= 1
+            if _LIVE_RUNS[run_id] <= 0:
+                del _LIVE_RUNS[run_id]
 
 
 class ClaimHold:
@@ -186,8 +189,8 @@ class ClaimHold:
 
     Args:
         run_id: The run.
-        beat: Refreshes the heartbeat (e.g. ``lambda: ledger.heartbeat_claims(run_id)``).
-        release: Releases the claims (e.g. ``lambda: ledger.release_claims(run_id)``).
+        beat: Refreshes the heartbeat (e.g. ``lambda: ledger.heartbeat_claims(run_id, asset)``).
+        release: Releases the claims (e.g. ``lambda: ledger.release_claims(run_id, asset)``).
         every_s: Seconds between heartbeats.
     """
 
@@ -283,16 +286,19 @@ def claim(
     return outcome
 
 
-def release(conn: duckdb.DuckDBPyConnection, run_id: str) -> int:
-    """Drop every claim of ``run_id``; returns how many there were."""
-    row = conn.execute("SELECT count(*) FROM claims WHERE run_id = ?", [run_id]).fetchone()
-    conn.execute("DELETE FROM claims WHERE run_id = ?", [run_id])
+def release(conn: duckdb.DuckDBPyConnection, run_id: str, asset: str) -> int:
+    """Drop the claims of ``run_id`` on ``asset``; returns how many there were.
+
+    Per asset: another step of the same run (another asset) may still be sending.
+    """
+    row = conn.execute("SELECT count(*) FROM claims WHERE run_id = ? AND asset = ?", [run_id, asset]).fetchone()
+    conn.execute("DELETE FROM claims WHERE run_id = ? AND asset = ?", [run_id, asset])
     return int(row[0]) if row else 0
 
 
-def heartbeat(conn: duckdb.DuckDBPyConnection, run_id: str) -> None:
-    """Refresh the heartbeat of every claim of ``run_id``."""
-    conn.execute("UPDATE claims SET heartbeat_at = ? WHERE run_id = ?", [utc_now(), run_id])
+def heartbeat(conn: duckdb.DuckDBPyConnection, run_id: str, asset: str) -> None:
+    """Refresh the heartbeat of the claims of ``run_id`` on ``asset``."""
+    conn.execute("UPDATE claims SET heartbeat_at = ? WHERE run_id = ? AND asset = ?", [utc_now(), run_id, asset])
 
 
 __all__ = [

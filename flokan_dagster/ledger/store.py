@@ -450,25 +450,46 @@ class CreditLedger:
             why = f"the ledger stayed locked, so the SKU could not be claimed ({exc}); not sent, nothing paid"
             return ClaimOutcome(refused={sku: f"SKU {sku!r}: {why}" for sku in fingerprints})
 
-    def release_claims(self, run_id: str) -> int:
-        """Release every claim of ``run_id`` (when the run finishes); returns how many.
+    def release_claims(self, run_id: str, asset: str) -> int:
+        """Release the claims of ``run_id`` on ``asset`` (when its step finishes); returns how many.
 
         A locked ledger leaves them: the run is then finished in Dagster, which is the evidence
         the next claimer goes by.
         """
         try:
-            return self._transact(lambda conn: claim_rows.release(conn, run_id), self.lock_timeout_s)
+            return self._transact(lambda conn: claim_rows.release(conn, run_id, asset), self.lock_timeout_s)
         except LedgerLockedError:
             logger.warning("ledger %s locked; claims of run %s released by the next claimer on evidence", describe(self.database), run_id)
             return 0
 
-    def heartbeat_claims(self, run_id: str) -> bool:
-        """Refresh the heartbeat of ``run_id``'s claims; False if the ledger stayed locked."""
+    def heartbeat_claims(self, run_id: str, asset: str) -> bool:
+        """Refresh the heartbeat of ``run_id``'s claims on ``asset``; False if the ledger stayed locked."""
         try:
-            self._transact(lambda conn: claim_rows.heartbeat(conn, run_id), self.lock_timeout_s)
+            # Briefly: a missed beat is retried in 20 s, and waiting would stall this process's reads.
+            self._transact(lambda conn: claim_rows.heartbeat(conn, run_id, asset), min(self.lock_timeout_s, 1.0))
         except LedgerLockedError:
             return False
         return True
+
+    def claims_on(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Claim]:
+        """The current claims on ``(asset, sku)`` pairs (absent: unclaimed).
+
+        Example:
+            >>> ledger.claims_on([("images", "MUG-1")])  # doctest: +SKIP
+            {('images', 'MUG-1'): Claim(asset='images', sku='MUG-1', ...)}
+        """
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+
+        def query(conn: duckdb.DuckDBPyConnection, source: str) -> dict[tuple[str, str], Claim]:
+            found: dict[tuple[str, str], Claim] = {}
+            for asset in sorted({a for a, _ in wanted}):
+                held = claim_rows.claims_for(conn, asset, [s for a, s in wanted if a == asset])
+                found.update({(asset, sku): c for sku, c in held.items()})
+            return found
+
+        return self._read(query)
 
     def send_checks(self, asset: str, fingerprints: Mapping[str, str], run_id: str) -> dict[str, SendCheck]:
         """What the ledger says right before SKUs' ``/process`` calls are sent (one read for all).
