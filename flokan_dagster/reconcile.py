@@ -371,9 +371,9 @@ class _Pass:
         self.in_flight: set[str] = set()
         self.to_adopt: list[str] = []  # attempt ids settled onto a completed job
         pending = ledger.in_flight_attempts()
-        live = _still_claimed(ledger, pending)
-        self.abandoned = [a for a in pending if a.attempt_id not in live or _age_s(a, self.now) >= settings.stale_after_s]
-        self.flying = [self._matcher(a) for a in pending if a.attempt_id in live and _age_s(a, self.now) < settings.stale_after_s]
+        dead = _claim_shows_dead(ledger, pending)
+        self.abandoned = [a for a in pending if a.attempt_id in dead or _age_s(a, self.now) >= settings.stale_after_s]
+        self.flying = [self._matcher(a) for a in pending if a.attempt_id not in dead and _age_s(a, self.now) < settings.stale_after_s]
 
     def run(self, cursor: ReconcileCursor) -> ReconcileResult:
         started, requests = time.monotonic(), self.client.stats.requests
@@ -608,20 +608,21 @@ class _Pass:
         return failed
 
 
-def _still_claimed(ledger: CreditLedger, pending: list[AttemptRecord]) -> set[str]:
-    """Attempt ids whose run still holds its SKU's claim and is alive by the evidence at hand.
+def _claim_shows_dead(ledger: CreditLedger, pending: list[AttemptRecord]) -> set[str]:
+    """Attempt ids whose SKU's claim shows their run stopped spending: taken over by another run,
+    or still held but its process gone (or, from another host, its heartbeat stopped).
 
-    A run claims a SKU before writing an attempt and releases it only after the attempt's outcome
-    is written, so a pending attempt whose run no longer holds a live claim was abandoned (its
-    run died): it is settled now, not after a long stale window.
+    A run holds a SKU's claim from before its attempt is written until its outcome is, so such a
+    pending attempt was abandoned: it is settled now, not after a long stale window. An attempt
+    whose SKU has no claim at all is left to the stale window (no evidence either way).
     """
-    claims = ledger.claims_on((a.asset, a.sku) for a in pending if a.asset and a.sku)
-    live = set()
+    claims = ledger.claims_on((a.asset, a.sku) for a in pending if a.asset and a.sku and a.run_id)
+    dead = set()
     for attempt in pending:
         claim = claims.get((attempt.asset or "", attempt.sku or ""))
-        if claim is not None and claim.run_id == attempt.run_id and holder_evidence(claim).alive:
-            live.add(attempt.attempt_id)
-    return live
+        if claim is not None and (claim.run_id != attempt.run_id or not holder_evidence(claim).alive):
+            dead.add(attempt.attempt_id)
+    return dead
 
 
 def _advanced(position: ScanPosition, examined: list[Job]) -> ScanPosition:

@@ -16,7 +16,7 @@ Example:
     >>> clock.observe_date("Mon, 04 May 2026 11:03:00 GMT", sent, received)
     >>> estimate = clock.estimate()
     >>> round(estimate.offset_s, 1), round(estimate.error_s, 1)
-    (180.3, 0.7)
+    (180.3, 1.0)
 """
 
 from __future__ import annotations
