@@ -71,8 +71,23 @@ class ProcessIdentity:
 
     @classmethod
     def current(cls) -> ProcessIdentity:
-        """This process."""
-        return cls(socket.gethostname(), os.getpid(), process_start_ticks(os.getpid()))
+        """This process. Its host key includes the pid namespace: a container sharing the host's
+        name (``--network host``, a hostNetwork pod) has pids that mean nothing here."""
+        return cls(host_key(), os.getpid(), process_start_ticks(os.getpid()))
+
+
+def host_key() -> str:
+    """The host name, plus the pid namespace where one shows (``w1 pid:[4026531836]``).
+
+    Example:
+        >>> host_key().startswith(socket.gethostname())
+        True
+    """
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()} {namespace}"
 
 
 @dataclass(frozen=True)
