@@ -60,14 +60,14 @@ def workspace(admin: Admin) -> Workspace:
 def outcomes(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], dict[str, str]]:
     """Per SKU of one run: the outcome it materialized with, or the reason it failed by name."""
     made = {
-        e.event_specific_data.materialization.partition: e.event_specific_data.materialization.metadata["outcome"].value  # type: ignore[union-attr]
+        e.event_specific_data.materialization.partition: e.event_specific_data.materialization.metadata["flokan/outcome"].value  # type: ignore[union-attr]
         for e in result.get_asset_materialization_events()
     }
     failed: dict[str, str] = {}
     for event in result.get_step_failure_events():
         data = event.step_failure_data.user_failure_data
         assert data is not None, f"a step failed without naming its SKUs: {event.step_failure_data.error}"
-        failed.update(data.metadata["failed_skus"].value)  # type: ignore[arg-type]
+        failed.update(data.metadata["flokan/failed_skus"].value)  # type: ignore[arg-type]
     assert not set(made) & set(failed), "a SKU both materialized and failed"
     assert all(reason for reason in failed.values())
     return made, failed  # type: ignore[return-value]
