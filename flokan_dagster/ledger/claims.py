@@ -240,6 +240,131 @@ class ClaimHold:
             self._live.__exit__(None, None, None)
 
 
+class FileClaims:
+    """Claims of a ledger kept in a local file: one small file per claimed SKU beside it.
+
+    A reader holding the DuckDB file (an analyst's notebook) must not stop runs from claiming,
+    and a claim needs a transaction, not the spool: so claims on a local ledger are files in
+    ``<database>.claims/``, changed only under an exclusive ``flock`` of ``.lock`` there (held for
+    milliseconds, by the claiming process alone) and replaced atomically, so readers never see
+    half a claim. A shared (remote) ledger keeps them in its ``claims`` table instead.
+
+    Args:
+        directory: The claims directory.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @contextmanager
+    def _locked(self, timeout_s: float) -> Iterator[None]:
+        import fcntl
+        import time
+
+        from flokan_dagster.ledger.connection import LedgerLockedError
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout_s
+        with open(self.directory / ".lock", "a+") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LedgerLockedError(f"claims {self.directory} stayed locked for {timeout_s:.1f}s") from None
+                    time.sleep(0.01)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _path(self, asset: str, sku: str) -> Path:
+        import hashlib
+
+        return self.directory / (hashlib.sha256(f"{asset}\0{sku}".encode()).hexdigest()[:40] + ".json")
+
+    def _load(self, path: Path) -> Claim | None:
+        import json
+
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        for key in ("claimed_at", "heartbeat_at"):
+            data[key] = datetime.fromisoformat(data[key])
+        return Claim(**{name: data.get(name) for name in _COLUMNS})  # type: ignore[arg-type]
+
+    def _store(self, claim: Claim) -> None:
+        import json
+
+        path = self._path(claim.asset, claim.sku)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        data = {name: getattr(claim, name) for name in _COLUMNS}
+        data.update(claimed_at=claim.claimed_at.isoformat(), heartbeat_at=claim.heartbeat_at.isoformat())
+        temporary.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(temporary, path)
+
+    def claims_for(self, asset: str, skus: list[str]) -> dict[str, Claim]:
+        """The current claims on ``skus`` of ``asset``."""
+        found = {}
+        for sku in skus:
+            held = self._load(self._path(asset, sku))
+            if held is not None:
+                found[sku] = held
+        return found
+
+    def _all(self) -> list[tuple[Path, Claim]]:
+        if not self.directory.is_dir():
+            return []
+        return [(path, c) for path in self.directory.glob("*.json") if (c := self._load(path)) is not None]
+
+    def claim(
+        self, asset: str, run_id: str, fingerprints: Mapping[str, str | None], judge: Judge, holder: ProcessIdentity,
+        timeout_s: float,
+    ) -> ClaimOutcome:
+        """Like :func:`claim`, on the files."""
+        outcome = ClaimOutcome()
+        with self._locked(timeout_s):
+            now = utc_now()
+            held = self.claims_for(asset, list(fingerprints))
+            for sku, fingerprint in fingerprints.items():
+                current = held.get(sku)
+                if current is not None and current.run_id != run_id:
+                    liveness = judge(current)
+                    if liveness.alive:
+                        outcome.refused[sku] = _refusal(sku, current, liveness)
+                        continue
+                outcome.granted[sku] = current if current is not None and current.run_id != run_id else None
+                self._store(Claim(asset, sku, fingerprint, run_id, holder.hostname, holder.pid, holder.started, now, now))
+        return outcome
+
+    def release(self, run_id: str, asset: str, timeout_s: float) -> int:
+        """Drop the claims of ``run_id`` on ``asset``."""
+        with self._locked(timeout_s):
+            mine = [path for path, c in self._all() if c.run_id == run_id and c.asset == asset]
+            for path in mine:
+                path.unlink(missing_ok=True)
+        return len(mine)
+
+    def heartbeat(self, run_id: str, asset: str, timeout_s: float) -> None:
+        """Refresh the heartbeat of ``run_id``'s claims on ``asset``."""
+        import dataclasses as _dc
+
+        with self._locked(timeout_s):
+            now = utc_now()
+            for _, c in self._all():
+                if c.run_id == run_id and c.asset == asset:
+                    self._store(_dc.replace(c, heartbeat_at=now))
+
+
+def _refusal(sku: str, current: Claim, liveness: Liveness) -> str:
+    return (
+        f"SKU {sku!r} is being generated by run {current.run_id} (claimed {current.claimed_at:%Y-%m-%d %H:%M:%S} UTC; "
+        f"it counts as alive because {liveness.why}); not sending a second request"
+    )
+
+
 def claims_for(conn: duckdb.DuckDBPyConnection, asset: str, skus: list[str]) -> dict[str, Claim]:
     """The current claims on ``skus`` of ``asset``."""
     rows = conn.execute(
@@ -275,10 +400,7 @@ def claim(
         if current.run_id != run_id:
             liveness = judge(current)
             if liveness.alive:
-                outcome.refused[sku] = (
-                    f"SKU {sku!r} is being generated by run {current.run_id} (claimed {current.claimed_at:%Y-%m-%d %H:%M:%S} UTC; "
-                    f"it counts as alive because {liveness.why}); not sending a second request"
-                )
+                outcome.refused[sku] = _refusal(sku, current, liveness)
                 continue
             outcome.granted[sku] = current
         else:
@@ -323,6 +445,7 @@ __all__ = [
     "Claim",
     "ClaimHold",
     "ClaimOutcome",
+    "FileClaims",
     "Judge",
     "Liveness",
     "ProcessIdentity",

@@ -27,7 +27,7 @@ import duckdb
 
 from flokan_dagster.ledger import claims as claim_rows
 from flokan_dagster.ledger.backend import serialize_writers
-from flokan_dagster.ledger.claims import Claim, ClaimOutcome, Judge, ProcessIdentity
+from flokan_dagster.ledger.claims import Claim, ClaimOutcome, FileClaims, Judge, ProcessIdentity
 from flokan_dagster.ledger.connection import (
     LedgerLockedError,
     database_file,
@@ -122,6 +122,8 @@ class CreditLedger:
             spool_dir = Path(database + ".spool")
         self.database = database
         self.spool = Spool(Path(spool_dir))
+        # Claims of a local ledger are files beside it (a reader of the file must not block them).
+        self._claims = None if database_file(database) is None else FileClaims(Path(database + ".claims"))
         self.lock_timeout_s = lock_timeout_s
         self.read_timeout_s = lock_timeout_s if read_timeout_s is None else read_timeout_s
         self._process_lock = process_lock(database)
@@ -442,6 +444,9 @@ class CreditLedger:
         """
         holder = holder or ProcessIdentity.current()
         try:
+            if self._claims is not None:
+                with self._process_lock:
+                    return self._claims.claim(asset, run_id, fingerprints, judge, holder, max(self.lock_timeout_s, self.read_timeout_s))
             return self._transact(
                 lambda conn: claim_rows.claim(conn, asset, run_id, fingerprints, judge, holder),
                 max(self.lock_timeout_s, self.read_timeout_s),
@@ -457,6 +462,8 @@ class CreditLedger:
         the next claimer goes by.
         """
         try:
+            if self._claims is not None:
+                return self._claims.release(run_id, asset, self.lock_timeout_s)
             return self._transact(lambda conn: claim_rows.release(conn, run_id, asset), self.lock_timeout_s)
         except LedgerLockedError:
             logger.warning("ledger %s locked; claims of run %s released by the next claimer on evidence", describe(self.database), run_id)
@@ -466,6 +473,9 @@ class CreditLedger:
         """Refresh the heartbeat of ``run_id``'s claims on ``asset``; False if the ledger stayed locked."""
         try:
             # Briefly: a missed beat is retried in 20 s, and waiting would stall this process's reads.
+            if self._claims is not None:
+                self._claims.heartbeat(run_id, asset, min(self.lock_timeout_s, 1.0))
+                return True
             self._transact(lambda conn: claim_rows.heartbeat(conn, run_id, asset), min(self.lock_timeout_s, 1.0))
         except LedgerLockedError:
             return False
@@ -482,14 +492,15 @@ class CreditLedger:
         if not wanted:
             return {}
 
-        def query(conn: duckdb.DuckDBPyConnection, source: str) -> dict[tuple[str, str], Claim]:
+        def query(conn: duckdb.DuckDBPyConnection | None, source: str = "") -> dict[tuple[str, str], Claim]:
             found: dict[tuple[str, str], Claim] = {}
             for asset in sorted({a for a, _ in wanted}):
-                held = claim_rows.claims_for(conn, asset, [s for a, s in wanted if a == asset])
+                skus = [s for a, s in wanted if a == asset]
+                held = self._claims.claims_for(asset, skus) if self._claims is not None else claim_rows.claims_for(conn, asset, skus)  # type: ignore[arg-type]
                 found.update({(asset, sku): c for sku, c in held.items()})
             return found
 
-        return self._read(query)
+        return query(None) if self._claims is not None else self._read(query)
 
     def send_checks(self, asset: str, fingerprints: Mapping[str, str], run_id: str) -> dict[str, SendCheck]:
         """What the ledger says right before SKUs' ``/process`` calls are sent (one read for all).
@@ -505,7 +516,7 @@ class CreditLedger:
         skus = sorted(fingerprints)
 
         def query(conn: duckdb.DuckDBPyConnection, source: str) -> dict[str, SendCheck]:
-            holders = claim_rows.claims_for(conn, asset, skus)
+            holders = self._claims.claims_for(asset, skus) if self._claims is not None else claim_rows.claims_for(conn, asset, skus)
             rows = conn.execute(
                 f"{source}, wanted AS (SELECT unnest(?) AS sku, unnest(?) AS fingerprint)"
                 f" SELECT {', '.join('a.' + c for c in COLUMNS)} FROM current_attempts a JOIN wanted w USING (sku, fingerprint)"
