@@ -1,7 +1,8 @@
 """Claims: which run may spend on a SKU right now, held in the ledger and judged on evidence.
 
-Before a run sends anything it claims each (asset, SKU) it will spend on, in one read-write
-transaction of the ledger (never through the spool: a claim must be decided, not deferred). A
+Before a run sends anything it claims each (asset, SKU) it will spend on, atomically (never
+through the spool: a claim must be decided, not deferred): as files beside a local ledger
+(:class:`FileClaims`), or in the ``claims`` table of a shared one, in one transaction. A
 SKU claimed by another live run is refused by name. A claim is released when its run finishes;
 one held by a dead run is taken over on *evidence*, never by a long timer: the Dagster run is
 finished in the instance, or its process is gone (same host: pid and process start time), or,
