@@ -13,7 +13,8 @@ from typing import Any
 
 import dagster as dg
 
-from flokan_dagster.ledger.claims import Claim, Judge, Liveness, holder_evidence
+from flokan_dagster.ledger.claims import HEARTBEAT_STALE_S, Claim, Judge, Liveness, holder_evidence
+from flokan_dagster.ledger.records import utc_now
 
 # Dagster's documented run tags for a partition range (a batched run of a partitioned asset).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -121,9 +122,15 @@ def claim_judge(instance: dg.DagsterInstance) -> Judge:
             run = instance.get_run_by_id(claim.run_id)
         except Exception:  # noqa: BLE001 - an unreadable run storage is no evidence either way
             run = None
-        if run is not None and run.is_finished:
-            return Liveness(False, f"run {claim.run_id} is {run.status.value} in the Dagster instance")
         process = holder_evidence(claim)
+        if run is not None and run.is_finished:
+            # Dagster marks a run finished without waiting for its process (a forced termination,
+            # run monitoring giving up): a process still running it, still beating, is sending.
+            beat_s = (utc_now() - claim.heartbeat_at).total_seconds()
+            if process.alive and beat_s <= HEARTBEAT_STALE_S:
+                return Liveness(True, f"run {claim.run_id} is {run.status.value} in the Dagster instance, but {process.why}"
+                                f" and its heartbeat came {beat_s:.0f} s ago")  # fmt: skip
+            return Liveness(False, f"run {claim.run_id} is {run.status.value} in the Dagster instance")
         state = f"is {run.status.value} in the Dagster instance" if run is not None else "is not in this Dagster instance"
         return Liveness(process.alive, f"run {claim.run_id} {state} and {process.why}")
 

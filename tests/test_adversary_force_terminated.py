@@ -14,19 +14,12 @@ import threading
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from tests.reliability import build_pipeline, charged_jobs, charges_per_prompt, ledger_charges, prompt_of, sku_names
 from tests.support import Admin, Workspace, wait_for
 from tests.test_adversary_retry import outcomes_of
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="breach: a run marked finished in the instance while its process still sends is taken for dead; "
-    "a re-execution sends its queued SKUs too (4 of 6 paid twice before claims; with claims, its live claims "
-    "are taken over and only the send checks stand between it and a second payment)",
-)
 def test_a_force_terminated_run_still_sending_keeps_its_skus(tmp_path: Path, admin: Admin, workspace: Workspace) -> None:
     skus = sku_names(6)
     for sku in skus:
