@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-distributed dev bench stress materialize reconcile report sql gallery stop-emulator clean
+.PHONY: lint demo test test-distributed dev bench stress materialize reconcile report sql gallery stop-emulator clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -60,3 +60,7 @@ stop-emulator: $(STAMP)  ## stop the local emulator that `make demo` or `make de
 clean: ## remove the virtualenv and the demo's data (ledger, images, emulator state)
 	-test -x $(BIN)/flokan-dagster && $(BIN)/flokan-dagster stop-emulator
 	rm -rf $(VENV) .data .pytest_cache
+
+lint: $(STAMP)  ## ruff over the package, tests and benchmarks; mypy over the package (config in pyproject.toml)
+	$(BIN)/ruff check flokan_dagster tests benchmarks
+	$(BIN)/mypy
