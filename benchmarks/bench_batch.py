@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import httpx
 from results import result
 from sku_pipeline import SkuPipeline, write_catalog
 
-import dagster as dg
 from flokan_dagster import SKU_PARTITIONS
 from flokan_dagster.api.client import DEFAULT_MAX_CONCURRENCY
 from flokan_dagster.emulator import EmulatorConfig, EmulatorProcess

@@ -18,10 +18,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import httpx  # noqa: E402
+from results import result  # noqa: E402
 
 from flokan_dagster import FlokanClient  # noqa: E402
 from flokan_dagster.emulator import EmulatorConfig, EmulatorProcess  # noqa: E402
-from results import result  # noqa: E402
 
 
 def bare(base_url: str, api_key: str, prompts: list[str]) -> float:
@@ -44,7 +44,7 @@ def flokan(base_url: str, api_key: str, prompts: list[str]) -> float:
     with FlokanClient(api_key=api_key, base_url=base_url) as client:
         started = time.perf_counter()
         for prompt in prompts:
-            client.process(prompt, "standard").job_id
+            _ = client.process(prompt, "standard").job_id
         return time.perf_counter() - started
 
 

@@ -26,6 +26,7 @@ from urllib.parse import urlencode, urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from results import result  # noqa: E402
+
 from flokan_dagster.emulator import (  # noqa: E402
     DEMO_API_KEY,
     DEMO_WORKSPACE_ID,

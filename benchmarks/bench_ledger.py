@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
-
 from results import result  # noqa: E402
+
 from flokan_dagster.ledger import CreditLedger, cost_report_markdown, cost_summary
 from flokan_dagster.ledger.schema import ensure_schema
 

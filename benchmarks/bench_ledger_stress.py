@@ -77,7 +77,7 @@ def trial(directory: Path) -> tuple[list[str], int, float]:
     elapsed = time.perf_counter() - started
     problems: list[str] = []
     crashes = 0
-    for w, (proc, (_, err)) in enumerate(zip(writers, outputs)):
+    for w, (proc, (_, err)) in enumerate(zip(writers, outputs, strict=True)):
         if proc.returncode:
             crashes += 1
             problems.append(f"writer w{w} exited {proc.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}")

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from results import result as report_figure  # noqa: E402
+
 from flokan_dagster.api.client import FlokanClient  # noqa: E402
 from flokan_dagster.emulator import EmulatorConfig, EmulatorProcess  # noqa: E402
 from flokan_dagster.image_store import ImageStore  # noqa: E402
@@ -81,7 +82,7 @@ def main() -> None:
     print(f"{'tick with nothing new: seconds':<44}{q.seconds:>14.3f}{'':>14}")
     print(f"{f'tick after {args.new:,} new jobs: seconds':<44}{b.seconds:>14.2f}{f'< {NEW_JOBS_TARGET_S:.0f}':>14}")
     print(f"{f'tick after {args.new:,} new jobs: ingested':<44}{b.new:>14,}{args.new:>14,}")
-    print(f"{'  ... in one tick, caught up':<44}{str(b.caught_up):>14}{'True':>14}")
+    print(f"{'  ... in one tick, caught up':<44}{b.caught_up!s:>14}{'True':>14}")
     print(f"{'  ... requests':<44}{b.requests:>14}{'':>14}")
     ok = q.requests <= QUIET_TICK_MAX_REQUESTS and b.seconds < NEW_JOBS_TARGET_S and b.new == args.new and b.caught_up
     report_figure(f"reconciliation tick with nothing new, {args.history:,}-job history", f"{q.requests} request(s), {q.seconds:.2f} s",

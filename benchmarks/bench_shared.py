@@ -33,10 +33,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import duckdb  # noqa: E402
-from PIL import Image  # noqa: E402
-
 from bench_ledger import _GENERATE  # noqa: E402
+from PIL import Image  # noqa: E402
 from results import result  # noqa: E402
+
 from flokan_dagster.image_store import ImageStore  # noqa: E402
 from flokan_dagster.ledger import CreditLedger, cost_summary  # noqa: E402
 from flokan_dagster.ledger.backend import open_database, postgres_extension_path  # noqa: E402

@@ -37,7 +37,8 @@ from flokan_dagster.resource import FlokanResourceKeys
 from flokan_dagster.runs import claim_judge
 from flokan_dagster.translator import METADATA_PREFIX, DagsterFlokanTranslator, FlokanImageAssetProps
 
-SKU_PARTITIONS = dg.DynamicPartitionsDefinition(name="flokan_skus")
+SKU_PARTITIONS_NAME = "flokan_skus"
+SKU_PARTITIONS = dg.DynamicPartitionsDefinition(name=SKU_PARTITIONS_NAME)
 # Each SKU's outcome is also logged here (record attribute ``flokan_outcome``) so an in-process
 # caller such as the CLI can show progress live.
 progress_logger = logging.getLogger("flokan_dagster.progress")
@@ -273,6 +274,18 @@ def _batch_catalog(path: str, mapping: CatalogMapping, table: str | None, skus: 
             return catalog_file.catalog_for(skus)
     except CatalogFileError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
+
+
+def partitions_name(partitions_def: dg.DynamicPartitionsDefinition) -> str:
+    """The name of a dynamic partitions definition (the SKU partitions are always named).
+
+    Example:
+        >>> partitions_name(SKU_PARTITIONS)
+        'flokan_skus'
+    """
+    if partitions_def.name is None:
+        raise ValueError("the SKU partitions need a name: dg.DynamicPartitionsDefinition(name=...)")
+    return partitions_def.name
 
 
 def _key_of(upstream: dg.AssetsDefinition | dg.AssetKey | str) -> dg.AssetKey:

@@ -19,7 +19,6 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Literal
 
 from flokan_dagster.api.client import AsyncFlokanClient
@@ -323,9 +322,12 @@ class BatchRunner:
             job = await self.client.get_job(record.job_id or "")
         except FlokanError as exc:
             raise SkuFailed(f"job {record.job_id}: its row lacks result fields and GET /jobs/:id failed ({exc})") from None
-        found = {"result_url": job.result_url or record.result_url, "result_image_id": job.result_image_id or record.result_image_id}
-        await asyncio.to_thread(functools.partial(self.ledger.finish_attempt, record.attempt_id, status=record.status, **found))
-        return dataclasses.replace(record, **found)
+        result_url, result_image_id = job.result_url or record.result_url, job.result_image_id or record.result_image_id
+        await asyncio.to_thread(functools.partial(
+            self.ledger.finish_attempt, record.attempt_id, status=record.status,
+            result_url=result_url, result_image_id=result_image_id,
+        ))  # fmt: skip
+        return dataclasses.replace(record, result_url=result_url, result_image_id=result_image_id)
 
     async def _complete(self, record: AttemptRecord, sku: str, result: ProcessResult | Job, kind: OutcomeKind) -> SkuOutcome:
         """Record a finished job at once (it is paid), then download and store its image."""

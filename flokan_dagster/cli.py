@@ -37,7 +37,7 @@ from typing import Any
 import dagster as dg
 
 from flokan_dagster.api.client import FlokanClient
-from flokan_dagster.assets import SKU_PARTITIONS, progress_logger
+from flokan_dagster.assets import SKU_PARTITIONS_NAME, progress_logger
 from flokan_dagster.batch import SkuOutcome
 from flokan_dagster.catalog import load_catalog, partition_changes
 from flokan_dagster.demo import (
@@ -119,11 +119,11 @@ def open_instance() -> dg.DagsterInstance:
 
 def sync_partitions(instance: dg.DagsterInstance, catalog_keys: Sequence[str]) -> tuple[list[str], list[str]]:
     """Add the catalog's new SKUs to the dynamic partitions and delete the removed ones."""
-    adds, deletes = partition_changes(catalog_keys, instance.get_dynamic_partitions(SKU_PARTITIONS.name))
+    adds, deletes = partition_changes(catalog_keys, instance.get_dynamic_partitions(SKU_PARTITIONS_NAME))
     if adds:
-        instance.add_dynamic_partitions(SKU_PARTITIONS.name, adds)
+        instance.add_dynamic_partitions(SKU_PARTITIONS_NAME, adds)
     for key in deletes:
-        instance.delete_dynamic_partition(SKU_PARTITIONS.name, key)
+        instance.delete_dynamic_partition(SKU_PARTITIONS_NAME, key)
     return adds, deletes
 
 
@@ -184,7 +184,7 @@ def materialize(args: argparse.Namespace) -> int:
             run_config=console_log_level(log_level), instance=instance,
             asset_selection=[dg.AssetKey(CATALOG_ASSET)], raise_on_error=False,
         )  # fmt: skip
-        materialize_skus(defs, instance, assets, skus, partitions_name=SKU_PARTITIONS.name, batch_size=args.batch_size,
+        materialize_skus(defs, instance, assets, skus, partitions_name=SKU_PARTITIONS_NAME, batch_size=args.batch_size,
                          run_config={"force": True} if args.force else None, log_level=log_level,
                          on_result=on_result, keep_results=False)  # fmt: skip
         finale = defs.resolve_implicit_global_asset_job_def().execute_in_process(

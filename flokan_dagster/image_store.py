@@ -142,7 +142,7 @@ class ImageStore:
             # Slugs hold no separators or dots-only parts, so the key cannot leave the prefix.
             return self.root / relative
         path = (self.root / relative).resolve()
-        if not path.is_relative_to(self.root):  # defence in depth: slugs never contain separators
+        if not path.is_relative_to(str(self.root)):  # defence in depth: slugs never contain separators
             raise ValueError(f"refusing a store path outside {self.root}")
         return path
 
@@ -195,7 +195,7 @@ class ImageStore:
             if is_remote_location(path):
                 return None
             candidate = Path(str(path)).resolve()
-            return candidate if candidate.is_relative_to(self.root) and candidate.is_file() else None
+            return candidate if candidate.is_relative_to(str(self.root)) and candidate.is_file() else None
         text, root = str(path), str(self.root).rstrip("/") + "/"
         if not text.startswith(root) or "/../" in text or "/./" in text:
             return None

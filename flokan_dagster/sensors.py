@@ -41,7 +41,7 @@ from typing import Any
 
 import dagster as dg
 
-from flokan_dagster.assets import SKU_PARTITIONS, sku_materialization
+from flokan_dagster.assets import SKU_PARTITIONS, partitions_name, sku_materialization
 from flokan_dagster.batch import SkuOutcome
 from flokan_dagster.catalog import Catalog, CatalogFile, CatalogFileError, CatalogMapping, load_catalog
 from flokan_dagster.ledger import CreditLedger
@@ -318,7 +318,7 @@ def build_flokan_catalog_sensor(
             context.log.error(str(exc))
             return dg.SkipReason(str(exc))
         with catalog_file:
-            existing = context.instance.get_dynamic_partitions(partitions_def.name)
+            existing = context.instance.get_dynamic_partitions(partitions_name(partitions_def))
             added, deleted = catalog_file.partition_changes(existing)
             # Deletions first (a removed SKU must stop being run), then additions, within the tick's share.
             deleting = deleted[:partitions_per_tick]
@@ -414,7 +414,7 @@ def build_flokan_refresh_schedule(
         except CatalogFileError as exc:
             context.log.error(str(exc))
             return dg.SkipReason(str(exc))
-        ordered = context.instance.get_dynamic_partitions(partitions_def.name)
+        ordered = context.instance.get_dynamic_partitions(partitions_name(partitions_def))
         partitions = set(ordered)
         busy = skus_in_active_runs(context.instance, ordered, keys)
         ledger = flokan_ledger.get_ledger(read_timeout_s=tick_read_timeout_s("schedule"))

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from flokan_dagster.runs import RANGE_END_TAG, RANGE_START_TAG
 from tests.reliability import ASSET, build_pipeline, charged_jobs, charges_per_prompt, ledger_charges, prompt_of, sku_names

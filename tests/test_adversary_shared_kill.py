@@ -23,7 +23,16 @@ from flokan_dagster.assets import SKU_PARTITIONS, build_flokan_image_asset
 from flokan_dagster.ledger import CreditLedger
 from flokan_dagster.resource import FlokanLedgerResource, ImageStoreResource
 from flokan_dagster.runs import materialize_skus
-from tests.reliability import ASSET, MAPPING, charged_jobs, charges_per_prompt, ledger_charges, prompt_of, sku_names, write_catalog
+from tests.reliability import (
+    ASSET,
+    MAPPING,
+    charged_jobs,
+    charges_per_prompt,
+    ledger_charges,
+    prompt_of,
+    sku_names,
+    write_catalog,
+)
 from tests.servers import fresh_database
 from tests.support import Admin, Workspace, wait_for
 from tests.test_adversary_retry import outcomes_of

@@ -15,7 +15,7 @@ import dagster as dg
 from flokan_dagster.assets import SKU_PARTITIONS
 from flokan_dagster.ledger import CreditLedger
 from flokan_dagster.runs import materialize_skus
-from tests.reliability import charges_per_prompt, sku_names, write_catalog, Pipeline
+from tests.reliability import Pipeline, charges_per_prompt, sku_names, write_catalog
 from tests.servers import fresh_database
 from tests.support import Admin, Workspace
 from tests.test_adversary_retry import outcomes_of

@@ -119,7 +119,7 @@ def test_concurrent_crashing_writers_converge_on_the_fold_of_every_durable_event
             for w, ops in enumerate(plans)
         ]
         outputs = [child.communicate(timeout=300) for child in children]
-        for w, (child, (_, err)) in enumerate(zip(children, outputs)):
+        for w, (child, (_, err)) in enumerate(zip(children, outputs, strict=True)):
             assert child.returncode in ((0, 9) if crash and w == crashing else (0,)), err
         durable = {json.loads(line)["event_id"] for out, _ in outputs for line in out.splitlines() if line.startswith("{")}
 

@@ -18,7 +18,6 @@ from flokan_dagster.ledger.journal import apply_events
 from flokan_dagster.ledger.records import LedgerEvent, external_attempt_id
 from flokan_dagster.ledger.schema import ensure_schema
 from flokan_dagster.ledger.spool import sku_tag
-
 from tests.test_ledger_contention import lock_held
 
 

@@ -311,7 +311,7 @@ class FlokanClient(_ClientBase):
 
     def download(self, url: str) -> bytes:
         """The bytes at an image URL (no Authorization header is sent)."""
-        response, body, _ = self._send(self._download_call(url))
+        _response, body, _ = self._send(self._download_call(url))
         return body
 
     def _send(self, call: Call) -> tuple[httpx.Response, bytes, datetime]:
@@ -337,9 +337,10 @@ class FlokanClient(_ClientBase):
                 if body is None:
                     raise self._engine.too_big(call, response, sent_at)
                 logger.debug("%s -> %s", call.label, response.status_code)
-                wait = self._engine.after_response(call, response, body, attempt, waited, sent_at)
-                if wait is None:
+                pause_next = self._engine.after_response(call, response, body, attempt, waited, sent_at)
+                if pause_next is None:
                     return response, body, sent_at
+                wait = pause_next
             time.sleep(wait)
             self._engine.note_wait(wait)
             waited += wait
@@ -465,7 +466,7 @@ class AsyncFlokanClient(_ClientBase):
 
     async def download(self, url: str) -> bytes:
         """Async :meth:`FlokanClient.download`."""
-        response, body, _ = await self._send(self._download_call(url))
+        _response, body, _ = await self._send(self._download_call(url))
         return body
 
     async def _send(self, call: Call, slot: Slot | None = None) -> tuple[httpx.Response, bytes, datetime]:
@@ -501,9 +502,10 @@ class AsyncFlokanClient(_ClientBase):
                     if body is None:
                         raise self._engine.too_big(call, response, sent_at)
                     logger.debug("%s -> %s", call.label, response.status_code)
-                    wait = self._engine.after_response(call, response, body, attempt, waited, sent_at)
-                    if wait is None:
+                    pause_next = self._engine.after_response(call, response, body, attempt, waited, sent_at)
+                    if pause_next is None:
                         return response, body, sent_at
+                    wait = pause_next
                 await asyncio.sleep(wait)
                 self._engine.note_wait(wait)
                 waited += wait

@@ -32,7 +32,14 @@ from flokan_dagster.api.errors import (
 )
 from flokan_dagster.api.models import ProcessRequest, ProcessResult
 from flokan_dagster.api.ratelimit import RateLimitTracker
-from flokan_dagster.api.retry import NOT_SENT_ERRORS, RetryPolicy, is_retryable_exception, is_retryable_status, parse_retry_after, utcnow
+from flokan_dagster.api.retry import (
+    NOT_SENT_ERRORS,
+    RetryPolicy,
+    is_retryable_exception,
+    is_retryable_status,
+    parse_retry_after,
+    utcnow,
+)
 from flokan_dagster.api.server_clock import ServerClock
 
 logger = logging.getLogger("flokan_dagster.client")

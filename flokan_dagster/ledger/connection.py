@@ -40,7 +40,7 @@ class LedgerLockedError(TimeoutError):
 
 
 _PROCESS_LOCKS: dict[str, threading.RLock] = {}
-_SPOOL_COUNTERS: dict[str, "SpoolCounter"] = {}
+_SPOOL_COUNTERS: dict[str, SpoolCounter] = {}
 _PROCESS_LOCKS_GUARD = threading.Lock()
 
 

@@ -47,7 +47,7 @@ try:  # POSIX
 except ImportError:  # pragma: no cover - Windows: filelock's exclusive lock for both modes
     fcntl = None  # type: ignore[assignment]
 
-_LOCKS: dict[str, "LedgerFileLock"] = {}
+_LOCKS: dict[str, LedgerFileLock] = {}
 _LOCKS_GUARD: Final = threading.Lock()
 
 

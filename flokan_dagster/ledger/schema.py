@@ -187,7 +187,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         _ensure_postgres_schema(conn)
         return
     had_job_index = bool(
-        conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'attempt_jobs'").fetchone()[0]
+        (conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'attempt_jobs'").fetchone() or (0,))[0]
     )
     for statement in TABLES:
         conn.execute(statement)

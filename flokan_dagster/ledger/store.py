@@ -26,7 +26,7 @@ from typing import Any, Final, TypeVar
 import duckdb
 
 from flokan_dagster.ledger import claims as claim_rows
-from flokan_dagster.ledger.backend import serialize_writers
+from flokan_dagster.ledger.backend import serialize_writers, uses_postgres
 from flokan_dagster.ledger.claims import Claim, ClaimOutcome, FileClaims, Judge, ProcessIdentity
 from flokan_dagster.ledger.connection import (
     LedgerLockedError,
@@ -51,7 +51,6 @@ from flokan_dagster.ledger.records import (
 )
 from flokan_dagster.ledger.schema import ensure_schema
 from flokan_dagster.ledger.spool import QuarantinedFile, Spool
-from flokan_dagster.ledger.backend import uses_postgres
 from flokan_dagster.sql_lists import UNNEST_TEXT, text_list
 
 logger = logging.getLogger(__name__)
@@ -526,7 +525,7 @@ class CreditLedger:
             ).fetchall()
             found: dict[str, list[AttemptRecord]] = {sku: [] for sku in skus}
             for row in rows:
-                record = AttemptRecord.from_row(dict(zip(COLUMNS, row)))
+                record = AttemptRecord.from_row(dict(zip(COLUMNS, row, strict=True)))
                 found[record.sku or ""].append(record)
             return {
                 sku: SendCheck(
@@ -921,7 +920,7 @@ class CreditLedger:
                 ORDER BY recorded_at, attempt_id""",
                 [text_list(row[0] for row in chosen)],
             )
-            return [AttemptRecord.from_row(dict(zip(COLUMNS, row))) for row in cursor.fetchall()]
+            return [AttemptRecord.from_row(dict(zip(COLUMNS, row, strict=True))) for row in cursor.fetchall()]
 
         return self._read(run)
 
@@ -1137,7 +1136,7 @@ class CreditLedger:
     def _query(self, where_sql: str, params: list[Any]) -> list[AttemptRecord]:
         def run(conn: duckdb.DuckDBPyConnection, source: str) -> list[AttemptRecord]:
             cursor = conn.execute(f"{source} SELECT {_SELECT_COLUMNS} FROM current_attempts {where_sql}", params)
-            return [AttemptRecord.from_row(dict(zip(COLUMNS, row))) for row in cursor.fetchall()]
+            return [AttemptRecord.from_row(dict(zip(COLUMNS, row, strict=True))) for row in cursor.fetchall()]
 
         return self._read(run)
 

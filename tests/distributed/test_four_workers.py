@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 import s3fs
 
+from flokan_dagster import FlokanClient
 from flokan_dagster.emulator import EmulatorConfig, EmulatorServer, FaultPlan
 from flokan_dagster.image_store import ImageStore
 from flokan_dagster.ledger import CreditLedger
 from flokan_dagster.reconcile import ReconcileCursor, ReconcileSettings, reconcile
-from flokan_dagster import FlokanClient
 from tests.distributed.worker import ALL_SKUS, run, s3_options, spool_of
 from tests.reliability import ledger_charges, prompt_of
 from tests.servers import S3Server, fresh_database

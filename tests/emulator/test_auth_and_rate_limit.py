@@ -11,7 +11,6 @@ import httpx
 
 from flokan_dagster.emulator import DEMO_API_KEY, EmulatorServer
 from flokan_dagster.emulator.runtime import RateLimiter
-
 from tests.emulator.helpers import Workspace, api_client
 
 ENDPOINTS = [
