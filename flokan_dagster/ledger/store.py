@@ -222,8 +222,17 @@ class CreditLedger:
         }
         self._remember_identity(attempt_id, fields)
         event = LedgerEvent.create(attempt_id, "begin", fields)
-        if merge or database_file(self.database) is None:
+        if database_file(self.database) is None:
             # A remote (shared) ledger merges at once: another machine cannot see this one's spool.
+            # Left there (the database unreachable, or another thread's merge not done), a record
+            # dies with this machine and another machine pays again: so it is merged before the
+            # request goes out, or the request is not sent.
+            if not self._write([event]) and self.flush_spool() and any(self.spool.directory.glob(f"*{event.event_id}*")):
+                raise LedgerLockedError(
+                    f"the shared ledger {describe(self.database)} did not take the write-ahead record of "
+                    f"{asset}/{sku}; not sending (nothing paid)"
+                )
+        elif merge:
             self._write([event])
         else:
             self.spool.put(event)
