@@ -1118,9 +1118,8 @@ class CreditLedger:
             return
         with locked_connection(self.database, self._file_lock, read_only=True, timeout_s=self.read_timeout_s) as conn:
             assert conn is not None  # only a no_longer_needed() callback yields None
-            if path is not None and not conn.execute(
-                "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'attempts'"
-            ).fetchone()[0]:
+            tables = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'attempts'").fetchone()
+            if path is not None and not (tables and tables[0]):
                 # A file with no tables yet: its creator died before its first merge committed (the
                 # write-ahead records wait in the spool). Nothing is committed: read an empty ledger.
                 with closing(duckdb.connect()) as empty:
