@@ -269,7 +269,12 @@ class BatchRunner:
             clock = self.client.server_clock.estimate()
             if clock is not None:  # kept with the attempt: whoever settles it compares on the server's clock
                 fields.update(server_sent_at=clock.to_server(fields["sent_at"]), clock_error_ms=math.ceil(clock.error_s * 1000))
-            await asyncio.to_thread(functools.partial(self.ledger.begin_attempt, attempt_id=attempt_id, merge=False, **fields))
+            try:
+                await asyncio.to_thread(
+                    functools.partial(self.ledger.begin_attempt, attempt_id=attempt_id, merge=False, **fields)
+                )
+            except LedgerLockedError as exc:  # a shared ledger out of reach: no record, so no request
+                raise SkuFailed(str(exc)) from None
             written = True
 
         counter.requests += 1

@@ -228,6 +228,9 @@ class CreditLedger:
             # dies with this machine and another machine pays again: so it is merged before the
             # request goes out, or the request is not sent.
             if not self._write([event]) and self.flush_spool() and any(self.spool.directory.glob(f"*{event.event_id}*")):
+                # Recorded as never sent, so nobody waits out the server's limit to prove it absent.
+                self.finish_attempt(attempt_id, status="rejected", credits_consumed=0,
+                                    error="not sent: the shared ledger did not take the write-ahead record")  # fmt: skip
                 raise LedgerLockedError(
                     f"the shared ledger {describe(self.database)} did not take the write-ahead record of "
                     f"{asset}/{sku}; not sending (nothing paid)"

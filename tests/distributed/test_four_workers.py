@@ -68,18 +68,6 @@ def charged(api_key: str, base_url: str) -> dict[str, int]:
     not os.environ.get("FLOKAN_TEST_DISTRIBUTED"),
     reason="the 4-worker scenario runs in `make test-distributed` (FLOKAN_TEST_DISTRIBUTED=1), not twice in CI",
 )
-@pytest.mark.xfail(
-    reason=(
-        "known gap, not yet fixed: a worker SIGKILLed right after writing an attempt's write-ahead record to its "
-        "local spool (not yet merged into PostgreSQL) leaves no record other machines can see; another worker takes "
-        "over the dead run's claim on evidence (its process is gone), finds no attempt to settle and pays again "
-        "(observed: 1 of 32 SKUs charged twice, the first job adopted once that worker's spool was merged). "
-        "Fix: on the shared backend the begin record must be committed to the database before /process is sent "
-        "(fail the SKU by name when it cannot be), never left only in a machine's spool. Before claims existed, "
-        "overlapping runs also paid twice (2 of 32)."
-    ),
-    strict=False,  # the race is likely, not certain: a lucky pass must not fail CI
-)
 def test_four_workers_overlapping_with_faults_and_a_kill(
     faulty: Admin, postgres_dsn: str, s3_server: S3Server, tmp_path: Path
 ) -> None:

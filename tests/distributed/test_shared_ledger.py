@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flokan_dagster.ledger import CreditLedger
+import pytest
+
+from flokan_dagster.ledger import CreditLedger, LedgerLockedError
 from tests.servers import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,15 +90,22 @@ def test_an_unreachable_server_delays_writes_in_the_spool_and_loses_none(postgre
     gate.shut()
     # The request was sent and charged; the outcome must survive the database being away.
     assert ledger.finish_attempt(first, status="completed", job_id="job-1", credits_consumed=50) is False
-    second = ledger.begin_attempt(asset="images", sku="S2", prompt="p", model_tier="pro")
-    assert ledger.spool.count() == 2  # the finish and the second begin wait on local disk
+    # A request must not go out with a write-ahead record other machines cannot see: the begin
+    # refuses (the caller sends nothing) and the attempt is kept as rejected, not as in flight.
+    with pytest.raises(LedgerLockedError, match="did not take the write-ahead record"):
+        ledger.begin_attempt(asset="images", sku="S2", prompt="p", model_tier="pro", attempt_id="never-sent")
+    assert ledger.spool.count() == 3  # the finish, the refused begin and its rejection wait on local disk
 
     gate.reopen()
     assert ledger.flush_spool() == 0
     direct = CreditLedger(database, spool_dir=tmp_path / "other-spool")
     got = {a.attempt_id: a for a in direct.attempts_for()}
     assert got[first].status == "completed" and got[first].credits_consumed == 50 and got[first].job_id == "job-1"
-    assert got[second].status == "pending" and got[second].sku == "S2"
+    assert got["never-sent"].status == "rejected" and got["never-sent"].sku == "S2"
+    assert got["never-sent"].credits_consumed == 0 and "not sent" in (got["never-sent"].error or "")
+    third = ledger.begin_attempt(asset="images", sku="S3", prompt="p", model_tier="pro", merge=False)
+    assert ledger.spool.count() == 0  # committed before returning, even when asked not to wait
+    assert direct.get_attempt(third) is not None
 
 
 _WRITER = """
