@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: lint demo test test-distributed dev bench stress materialize reconcile report sql gallery stop-emulator clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]" -c constraints.txt
 	touch $(STAMP)
 
 # The Dagster instance of `make dev` and of every `flokan-dagster` command (unless DAGSTER_HOME is set).
