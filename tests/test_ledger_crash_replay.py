@@ -34,8 +34,10 @@ from flokan_dagster.ledger.records import COLUMNS, LedgerEvent
 from flokan_dagster.ledger.schema import ensure_schema
 
 ROOT = Path(__file__).resolve().parents[1]
-JOBS = ["job-1", "job-2", "job-3"]
 PROCESSES = 3
+# A direct answer's job is its attempt's own (the server makes a new job per request); an
+# adoption may take any of them, so one job can be answered to one attempt and adopted by another.
+JOBS = [f"job-p{w}-a{i}" for w in range(PROCESSES) for i in range(3)]
 
 _CHILD = r"""
 import json, os, sys
@@ -64,16 +66,20 @@ def crashing_insert(conn, table, rows):
 spool_module.Spool.put, spool_module.Spool.remove, journal.insert_rows = reporting_put, crashing_remove, crashing_insert
 
 ledger = CreditLedger(database, lock_timeout_s=0.2)
+with_job = set()  # as in the batch: an attempt gets one job, its own answer's or an adopted one
 for op in plan["ops"]:
     attempt = f"{worker}-a{op[1]}"
     if op[0] == "begin":
         ledger.begin_attempt(asset="images", sku=attempt, prompt="p", model_tier="pro", fingerprint="fp",
                              estimated_credits=50, attempt_id=attempt)
     elif op[0] == "finish":
-        ledger.finish_attempt(attempt, status=op[2], job_id=op[3], credits_consumed=op[4])
-    else:
+        job = f"job-{attempt}" if op[3] and attempt not in with_job else None  # the server's answer: a new job
+        ledger.finish_attempt(attempt, status=op[2], job_id=job, credits_consumed=op[4])
+        with_job.update([attempt] if job else [])
+    elif attempt not in with_job:  # only an attempt whose answer was not seen is settled
         try:
             ledger.settle_attempt(attempt, {"job_id": op[2], "status": op[3], "credits_consumed": op[4]})
+            with_job.add(attempt)
         except ValueError:
             pass  # the job is already another attempt's, as far as this process can see
 ledger.flush_spool()
@@ -82,7 +88,7 @@ ledger.flush_spool()
 operation = st.one_of(
     st.tuples(st.just("begin"), st.integers(0, 2)),
     st.tuples(st.just("finish"), st.integers(0, 2), st.sampled_from(["completed", "failed", "unknown"]),
-              st.none() | st.sampled_from(JOBS), st.integers(0, 60)),
+              st.booleans(), st.integers(0, 60)),
     st.tuples(st.just("settle"), st.integers(0, 2), st.sampled_from(JOBS),
               st.sampled_from(["completed", "failed", "processing"]), st.integers(0, 60)),
 )
