@@ -58,7 +58,7 @@ class SkuTask:
         unsettled: Earlier attempts with this fingerprint whose outcome is unknown.
         reuse: A completed, paid attempt with this fingerprint whose image must be downloaded again.
         estimated_credits: The per-call upper bound from ``/estimate-credits``.
-        known_results: Completed attempts with this fingerprint the plan already saw (and chose
+        known_results: The latest completed attempt with this fingerprint the plan saw (and chose
             not to reuse, e.g. ``force``); only a result finished since then is reused at send time.
     """
 

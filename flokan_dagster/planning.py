@@ -185,7 +185,10 @@ def decide(
         # runs under the same run id, and its first try's requests may be paid already.
         # Another live run's SKUs are refused by claim_tasks, not here.
         unsettled = [a for a in attempts if a.status in UNSETTLED and a.fingerprint == fingerprint]
-        known = frozenset(a.attempt_id for a in attempts if a.status == "completed" and a.fingerprint == fingerprint)
+        # The send-time check reuses the latest completed attempt unless it is the one seen here
+        # (force): the latest is all it needs, and all a batch-sized history read returns.
+        seen = _latest_completed([a for a in attempts if a.fingerprint == fingerprint])
+        known = frozenset([seen.attempt_id]) if seen is not None else frozenset()
         plan.tasks.append(SkuTask(spec, fingerprint, upstream=source, unsettled=unsettled, known_results=known))
     return plan
 

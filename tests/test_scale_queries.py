@@ -134,10 +134,8 @@ def test_the_deciding_attempts_give_the_plan_every_attempt_gives(ledger: CreditL
     kinds = set()
     for force in (False, True):
         for run_id in (None, "run-3"):
-            expected = decide(SKUS, catalog, everything, store=store, run_id=run_id, upstream=upstream, force=force,
-                              run_is_live=lambda run: run == "run-1")  # fmt: skip
-            found = decide(SKUS, catalog, chosen, store=store, run_id=run_id, upstream=upstream, force=force,
-                           run_is_live=lambda run: run == "run-1")  # fmt: skip
+            expected = decide(SKUS, catalog, everything, store=store, run_id=run_id, upstream=upstream, force=force)
+            found = decide(SKUS, catalog, chosen, store=store, run_id=run_id, upstream=upstream, force=force)
             assert found == expected
             kinds |= {(t.reuse is not None, bool(t.unsettled)) for t in found.tasks}
     assert (True, False) in kinds or upstream  # a reusable attempt was chosen (without an upstream image to wait for)

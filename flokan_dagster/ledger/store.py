@@ -450,7 +450,7 @@ class CreditLedger:
             >>> from flokan_dagster.ledger.claims import Liveness
             >>> got = ledger.claim_skus("images", "run-1", {"MUG-1": "fp1"},
             ...                         judge=lambda c: Liveness(True, "test"))  # doctest: +SKIP
-            >>> got.granted
+            >>> got.granted  # doctest: +SKIP
             {'MUG-1': None}
         """
         holder = holder or ProcessIdentity.current()
