@@ -41,6 +41,7 @@ from flokan_dagster.image_store import ImageStore  # noqa: E402
 from flokan_dagster.ledger import CreditLedger, cost_summary  # noqa: E402
 from flokan_dagster.ledger.backend import open_database, postgres_extension_path  # noqa: E402
 from flokan_dagster.ledger.schema import ensure_schema  # noqa: E402
+from tests.servers import fresh_database, script_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITE_TARGET_MS = 1000.0  # per attempt: small beside a 10-60 s image generation
@@ -67,43 +68,24 @@ print(json.dumps({"times": times, "left": left}), flush=True)
 """
 
 
-def _script_env(output: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
-
-
 @contextmanager
 def servers() -> Iterator[tuple[str, str]]:
     """A PostgreSQL connection string and an S3 endpoint, started here unless given."""
     with ExitStack() as stack:
         dsn = os.environ.get("FLOKAN_TEST_PG_DSN")
         if not dsn:
-            env = _script_env(subprocess.run(["bash", str(ROOT / ".ci/start-postgres")], check=True,
+            env = script_env(subprocess.run(["bash", str(ROOT / ".ci/start-postgres")], check=True,
                                              capture_output=True, text=True).stdout)
             stack.callback(subprocess.run, ["bash", str(ROOT / ".ci/stop-postgres"), env["FLOKAN_TEST_PG_DIR"]])
             dsn = env["FLOKAN_TEST_PG_DSN"]
         endpoint = os.environ.get("FLOKAN_TEST_S3_ENDPOINT")
         if not endpoint:
             directory = tempfile.mkdtemp(prefix="bench-s3-")
-            env = _script_env(subprocess.run(["bash", str(ROOT / ".ci/start-s3"), directory, sys.executable],
+            env = script_env(subprocess.run(["bash", str(ROOT / ".ci/start-s3"), directory, sys.executable],
                                              check=True, capture_output=True, text=True).stdout)
             stack.callback(subprocess.run, ["bash", str(ROOT / ".ci/stop-s3"), directory])
             endpoint = env["FLOKAN_TEST_S3_ENDPOINT"]
         yield dsn, endpoint
-
-
-def new_database(dsn: str) -> str:
-    """An empty PostgreSQL database on ``dsn``'s server."""
-    import psycopg2  # a dev dependency; CREATE DATABASE cannot run inside a transaction
-
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    conn = psycopg2.connect(dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE {name}")
-    finally:
-        conn.close()
-    return dsn.rsplit("/", 1)[0] + "/" + name
 
 
 def write_latency(database: str, spools: Path, writers: int, attempts: int) -> list[float]:
@@ -169,7 +151,7 @@ def main() -> None:
     failed = False
     with servers() as (dsn, endpoint), tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        backends = {"duckdb file": lambda name: str(work / f"{name}.duckdb"), "postgresql": lambda name: new_database(dsn)}
+        backends = {"duckdb file": lambda name: str(work / f"{name}.duckdb"), "postgresql": lambda name: fresh_database(dsn)}
 
         for label, make in backends.items() if "writes" in parts else ():
             for writers, attempts in ((1, args.attempts), (WRITERS, max(2, args.attempts // 4))):

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_INSTALLABLE = 2  # .ci/start-postgres's exit code when initdb is missing and cannot be installed
 
 
-def _script_env(output: str) -> dict[str, str]:
+def script_env(output: str) -> dict[str, str]:
+    """The ``KEY=value`` lines a ``.ci/start-*`` script prints, as a mapping."""
     return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
 
 
@@ -61,7 +62,7 @@ def postgres_dsn() -> Iterator[str]:
         pytest.skip(started.stderr.strip())
     if started.returncode != 0:
         raise RuntimeError(f".ci/start-postgres failed:\n{started.stderr}")
-    env = _script_env(started.stdout)
+    env = script_env(started.stdout)
     try:
         yield env["FLOKAN_TEST_PG_DSN"]
     finally:
@@ -97,7 +98,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     if started.returncode != 0:
         raise RuntimeError(f".ci/start-s3 failed:\n{started.stderr}")
     try:
-        yield S3Server(_script_env(started.stdout)["FLOKAN_TEST_S3_ENDPOINT"])
+        yield S3Server(script_env(started.stdout)["FLOKAN_TEST_S3_ENDPOINT"])
     finally:
         subprocess.run(["bash", str(ROOT / ".ci/stop-s3"), str(directory)], check=False)
 
