@@ -207,10 +207,10 @@ def catalog_sync(work: Path) -> list[tuple[float, float, int, int]]:
         cursor = None
         while len(instance.get_dynamic_partitions(SKU_PARTITIONS.name)) < 100_000 and len(ticks) < 10:
             before = len(instance.get_dynamic_partitions(SKU_PARTITIONS.name))
-            context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
-            started = time.perf_counter()
-            evaluated = sensor(context)
-            evaluate_s = time.perf_counter() - started
+            with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+                started = time.perf_counter()
+                evaluated = sensor(context)
+                evaluate_s = time.perf_counter() - started
             started = time.perf_counter()
             apply_like_the_daemon(instance, list(evaluated.dynamic_partitions_requests or []))
             apply_s = time.perf_counter() - started
@@ -231,9 +231,11 @@ def refresh_tick(work: Path, profile: bool) -> tuple[float, int]:
         keys = [f"SKU-{i:06d}" for i in range(100_000)]
         for start in range(0, len(keys), 10_000):
             instance.add_dynamic_partitions(SKU_PARTITIONS.name, keys[start : start + 10_000])
-        context = dg.build_schedule_context(instance=instance, resources=resources,
-                                            scheduled_execution_time=datetime.now(timezone.utc))  # fmt: skip
-        with _profiler(profile, "refresh schedule tick, 100,000 SKUs, 1,000,000 rows"):
+        with (
+            dg.build_schedule_context(instance=instance, resources=resources,
+                                      scheduled_execution_time=datetime.now(timezone.utc)) as context,
+            _profiler(profile, "refresh schedule tick, 100,000 SKUs, 1,000,000 rows"),
+        ):  # fmt: skip
             started = time.perf_counter()
             requests = schedule(context)
             seconds = time.perf_counter() - started

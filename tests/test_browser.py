@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -137,10 +138,34 @@ def browser() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
+def wait(driver: webdriver.Chrome | WebElement, timeout_s: float) -> WebDriverWait:  # type: ignore[type-arg]
+    """A wait that polls through React re-rendering: an element replaced while it is being checked
+    (stale) counts as not there yet, like one not found, instead of failing the test."""
+    return WebDriverWait(driver, timeout_s, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+
+
+def click_when_ready(driver: webdriver.Chrome, locator: tuple[str, str], timeout_s: float = 60) -> None:
+    """Click the element at ``locator`` once it is clickable, finding it again if a re-render replaced it."""
+
+    def clicked(d: webdriver.Chrome) -> bool:
+        element = expected_conditions.element_to_be_clickable(locator)(d)
+        if not element:
+            return False
+        element.click()  # a stale element raises here, and the wait tries again
+        return True
+
+    wait(driver, timeout_s).until(clicked)
+
+
 def metadata_row(driver: webdriver.Chrome, label: str, timeout_s: float = 60) -> WebElement:
     """The row of the metadata table whose first cell is ``label``, once the page has rendered it."""
     locator = (By.XPATH, f"//tr[td[1][normalize-space()='{label}']]")
-    return WebDriverWait(driver, timeout_s).until(expected_conditions.visibility_of_element_located(locator))
+    return wait(driver, timeout_s).until(expected_conditions.visibility_of_element_located(locator))
+
+
+def metadata_value(driver: webdriver.Chrome, label: str, timeout_s: float = 60) -> str:
+    """The last cell (the value) of the metadata row ``label``, read from the page as rendered now."""
+    return metadata_row(driver, label, timeout_s).find_elements(By.TAG_NAME, "td")[-1].text.strip()
 
 
 @pytest.mark.timeout(400)
@@ -165,34 +190,34 @@ def test_partition_page_shows_thumbnail_and_credits(
 
         # Markdown metadata opens in a dialog: the thumbnail is the base64 JPEG rendered there.
         metadata_row(browser, "flokan/thumbnail").find_element(By.XPATH, ".//a[normalize-space()='[Show Markdown]']").click()
-        thumbnail = WebDriverWait(browser, 20).until(
+        thumbnail = wait(browser, 20).until(
             expected_conditions.visibility_of_element_located(
                 (By.CSS_SELECTOR, f"img[alt='{sku}'][src^='data:image/jpeg;base64,']")
             )
         )
-        WebDriverWait(browser, 10).until(lambda _: thumbnail.get_property("naturalWidth") > 0)
+        wait(browser, 10).until(lambda _: thumbnail.get_property("naturalWidth") > 0)
         assert thumbnail.size["width"] > 32 and thumbnail.size["height"] > 32
         browser.save_screenshot(str(ARTIFACTS / f"hero_images-{sku}-thumbnail.png"))
         assert workspace.api_key not in browser.page_source
 
         # The asset graph of the demo pipeline.
         browser.get(f"{webserver}/asset-groups/flokan")
-        WebDriverWait(browser, 60).until(
+        wait(browser, 60).until(
             lambda d: all(d.find_elements(By.XPATH, f"//*[normalize-space()='{name}']")
                           for name in ("hero_images", "lifestyle_images", "flokan_gallery"))
         )  # fmt: skip
-        WebDriverWait(browser, 60).until(lambda d: not d.find_elements(By.XPATH, "//*[starts-with(normalize-space(), 'Loading')]"))
+        wait(browser, 60).until(lambda d: not d.find_elements(By.XPATH, "//*[starts-with(normalize-space(), 'Loading')]"))
         browser.save_screenshot(str(ARTIFACTS / "asset-graph.png"))
 
         # The gallery materialize wrote: every SKU's images render, with their credits and status.
         gallery = Path(done.stdout.split("gallery: ")[1].split()[0])
         assert gallery == Path(demo_env["FLOKAN_DATA_DIR"]) / "gallery" / "index.html"
         browser.get(gallery.as_uri())
-        images = WebDriverWait(browser, 30).until(
+        images = wait(browser, 30).until(
             lambda d: d.find_elements(By.CSS_SELECTOR, "section.sku figure img") or False
         )
         assert len(images) == len(SKUS) * 2
-        WebDriverWait(browser, 30).until(
+        wait(browser, 30).until(
             lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) for i in images)
         )
         assert all(image.size["width"] > 100 for image in images)
@@ -201,7 +226,7 @@ def test_partition_page_shows_thumbnail_and_credits(
         assert all(f"{STANDARD_CREDITS} credits" in text and "completed" in text for text in cards.values())
         browser.save_screenshot(str(ARTIFACTS / "gallery.png"))
         browser.get(gallery.with_name("contact_sheet.png").as_uri())
-        sheet = WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.TAG_NAME, "img") or False)[0]
+        sheet = wait(browser, 30).until(lambda d: d.find_elements(By.TAG_NAME, "img") or False)[0]
         assert browser.execute_script("return arguments[0].naturalWidth", sheet) > 0
         assert workspace.api_key not in gallery.read_text()
     except BaseException:
@@ -252,16 +277,14 @@ def test_a_backfill_launched_from_the_ui_refreshes_the_cost_report(
     try:
         # Backfill every SKU of hero_images from the asset's page: the first is reused, the others are made.
         browser.get(f"{webserver}/assets/hero_images")
-        materialize = WebDriverWait(browser, 60).until(expected_conditions.element_to_be_clickable(
-            (By.XPATH, "//button[.//span[normalize-space()='Materialize…' or normalize-space()='Materialize...'"
-                       " or normalize-space()='Materialize']]")))  # fmt: skip
-        materialize.click()
-        dialog = WebDriverWait(browser, 30).until(
+        click_when_ready(browser, (By.XPATH, "//button[.//span[normalize-space()='Materialize…' or "
+                                             "normalize-space()='Materialize...' or normalize-space()='Materialize']]"))  # fmt: skip
+        dialog = wait(browser, 30).until(
             expected_conditions.visibility_of_element_located((By.XPATH, "//div[@role='dialog']"))
         )
         browser.save_screenshot(str(ARTIFACTS / "backfill-dialog.png"))
         dialog.find_element(By.XPATH, ".//button[normalize-space()='All']").click()
-        launch = WebDriverWait(dialog, 30).until(lambda d: next(
+        launch = wait(dialog, 30).until(lambda d: next(
             (b for b in d.find_elements(By.XPATH, ".//button[contains(normalize-space(), 'Launch')]") if b.is_enabled()),
             False))  # fmt: skip
         browser.save_screenshot(str(ARTIFACTS / "backfill-selected.png"))
@@ -275,10 +298,9 @@ def test_a_backfill_launched_from_the_ui_refreshes_the_cost_report(
         assert workspace.info()["credits_deducted"] == every_sku  # SKUS[0] reused, not paid again
 
         browser.get(f"{webserver}/assets/flokan_cost_report")
-        total = metadata_row(browser, "flokan/total_credits")
         # The overview's metadata table: key, when it was recorded, value.
-        WebDriverWait(browser, 60).until(lambda _: total.find_elements(By.TAG_NAME, "td")[-1].text.strip() == str(every_sku))
-        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", total)
+        wait(browser, 60).until(lambda d: metadata_value(d, "flokan/total_credits") == str(every_sku))
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", metadata_row(browser, "flokan/total_credits"))
         browser.save_screenshot(str(ARTIFACTS / "cost-report-after-backfill.png"))
         assert workspace.api_key not in browser.page_source
     except BaseException:

@@ -20,6 +20,15 @@ def write(path: Path, skus: list[str]) -> Path:
     return path
 
 
+def evaluate(sensor: dg.SensorDefinition, **context_args: object) -> dg.SensorResult | dg.SkipReason:
+    """One tick, its context entered and left here (a context left to the garbage collector resets
+    Dagster's defs-state storage to a stale value whenever it happens to be collected)."""
+    with dg.build_sensor_context(**context_args) as context:  # type: ignore[arg-type]
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult | dg.SkipReason)
+    return result
+
+
 def apply(instance: dg.DagsterInstance, result: dg.SensorResult) -> None:
     """What Dagster's daemon does with a tick's partition requests."""
     for request in result.dynamic_partitions_requests or []:
@@ -38,7 +47,7 @@ def test_a_large_change_is_spread_over_ticks_and_resumed_from_the_cursor(tmp_pat
     instance = dg.DagsterInstance.ephemeral()
     cursor, added, ranges = None, [], []
     for _ in range(3):
-        result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+        result = evaluate(sensor, instance=instance, cursor=cursor, resources=resources)
         assert isinstance(result, dg.SensorResult)
         added.append(sorted(k for r in result.dynamic_partitions_requests or [] for k in r.partition_keys))
         # Runs only over partitions that exist once this tick's requests are applied.
@@ -48,17 +57,17 @@ def test_a_large_change_is_spread_over_ticks_and_resumed_from_the_cursor(tmp_pat
     assert added == [["S-0", "S-1", "S-2"], ["S-3", "S-4", "S-5"], ["S-6"]]
     assert ranges[0] == [("S-0", "S-1"), ("S-2", "S-2")]
     assert instance.get_dynamic_partitions(SKU_PARTITIONS.name) == [f"S-{i}" for i in range(7)]
-    finished = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+    finished = evaluate(sensor, instance=instance, cursor=cursor, resources=resources)
     assert isinstance(finished, dg.SkipReason)  # the third tick finished the catalog: its digest is saved
 
     # Deletions come first within a tick's share.
     write(catalog, ["S-0", "S-6", "S-7", "S-8"])
-    result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+    result = evaluate(sensor, instance=instance, cursor=cursor, resources=resources)
     assert isinstance(result, dg.SensorResult)
     kinds = [(type(r).__name__, list(r.partition_keys)) for r in result.dynamic_partitions_requests or []]
     assert kinds == [("DeleteDynamicPartitionsRequest", ["S-1", "S-2", "S-3"])]
     apply(instance, result)
-    result = sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
+    result = evaluate(sensor, instance=instance, cursor=result.cursor, resources=resources)
     assert isinstance(result, dg.SensorResult)
     kinds = [(type(r).__name__, list(r.partition_keys)) for r in result.dynamic_partitions_requests or []]
     assert kinds == [("DeleteDynamicPartitionsRequest", ["S-4", "S-5"]), ("AddDynamicPartitionsRequest", ["S-7"])]
@@ -69,6 +78,6 @@ def test_an_unreadable_catalog_skips_the_tick_with_its_message(tmp_path: Path) -
     catalog.write_text("product,title\nA,b\n", encoding="utf-8")
     sensor = build_flokan_catalog_sensor(["hero_images"], catalog=catalog, mapping=MAPPING)
     resources = {"flokan_ledger": FlokanLedgerResource(database=str(tmp_path / "ledger.duckdb"))}
-    result = sensor(dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), resources=resources))
+    result = evaluate(sensor, instance=dg.DagsterInstance.ephemeral(), resources=resources)
     assert isinstance(result, dg.SkipReason)
     assert "has no column 'sku'" in (result.skip_message or "") and str(catalog) in (result.skip_message or "")

@@ -128,8 +128,8 @@ def test_the_key_appears_nowhere_after_good_and_failing_runs_and_a_sensor_tick(
     # The sensor's tick adopts SKU-04 and asks for re-runs of the failed SKUs; run what it asks.
     wait_for(lambda: not workspace.info()["jobs_by_status"].get("processing"), SLOW_ANSWER_MS / 1000 + 60,
              "SKU-04's job to finish server side")
-    context = dg.build_sensor_context(instance=dagster_home, definitions=defs, resources=resources)
-    tick = sensor(context)
+    with dg.build_sensor_context(instance=dagster_home, definitions=defs, resources=resources) as context:
+        tick = sensor(context)
     assert isinstance(tick, dg.SensorResult)
     assert [e.partition for e in tick.asset_events or []] == ["SKU-04"]
     for event in tick.asset_events or []:

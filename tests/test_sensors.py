@@ -37,9 +37,11 @@ def stack() -> Iterator[ExitStack]:
 
 def tick(pipeline: Pipeline, sensor: dg.SensorDefinition, cursor: str | None = None) -> dg.SensorResult:
     defs = dg.Definitions(assets=list(pipeline.defs.assets or []), sensors=[sensor], resources=pipeline.defs.resources)
-    context = dg.build_sensor_context(instance=pipeline.instance, cursor=cursor, definitions=defs,
-                                      resources=pipeline.defs.resources)
-    result = sensor(context)
+    # Entered and left here: a context left to the garbage collector resets Dagster's defs-state
+    # storage (a context variable) to a stale value whenever it happens to be collected.
+    with dg.build_sensor_context(instance=pipeline.instance, cursor=cursor, definitions=defs,
+                                 resources=pipeline.defs.resources) as context:  # fmt: skip
+        result = sensor(context)
     assert isinstance(result, dg.SensorResult | dg.SkipReason)
     return result  # type: ignore[return-value]
 
@@ -157,9 +159,9 @@ def test_refresh_schedule_requests_only_stale_skus_in_batches(
     moment = datetime(2026, 5, 4, 3, tzinfo=timezone.utc)
 
     def evaluate() -> list[dg.RunRequest] | dg.SkipReason:
-        context = dg.build_schedule_context(instance=pipeline.instance, scheduled_execution_time=moment,
-                                            resources=pipeline.defs.resources)  # fmt: skip
-        return schedule(context)  # type: ignore[return-value]
+        with dg.build_schedule_context(instance=pipeline.instance, scheduled_execution_time=moment,
+                                       resources=pipeline.defs.resources) as context:  # fmt: skip
+            return schedule(context)  # type: ignore[return-value]
 
     assert isinstance(evaluate(), dg.SkipReason)
     for sku in ("SKU-01", "SKU-02", "SKU-03", "SKU-05"):

@@ -88,8 +88,8 @@ def test_a_prefixed_key_is_the_ledger_and_sensor_name_and_credits_sum_over_event
     # The sensors read the ledger under the same full key: nothing is stale.
     assert stale_skus(load_catalog(catalog, HERO), ledger, "shop/hero_images") == []
     sensor = build_flokan_catalog_sensor(["shop/hero_images"], catalog=catalog, mapping=HERO, resource_keys=keys)
-    context = dg.build_sensor_context(instance=instance, resources=resources)
-    result = sensor(context)
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        result = sensor(context)
     assert isinstance(result, dg.SensorResult) and not result.run_requests
 
 
