@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from flokan_dagster.assets import SKU_PARTITIONS, build_flokan_image_asset
 from flokan_dagster.runs import materialize_skus
@@ -20,11 +19,6 @@ from tests.support import Admin, Workspace, wait_for
 from tests.test_adversary_retry import outcomes_of
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passes alone; after the other adversary tests in one session only one of the two twin requests "
-    "reached the server (no double charge seen) — the precondition, not the invariant, fails; not yet understood",
-)
 def test_twins_across_two_assets_never_share_a_job(tmp_path: Path, admin: Admin, workspace: Workspace) -> None:
     sku = "SKU-TWIN"
     pipeline = build_pipeline(tmp_path, workspace.api_key, admin.base_url, [sku], settle_timeout_s=15.0)
@@ -36,7 +30,12 @@ def test_twins_across_two_assets_never_share_a_job(tmp_path: Path, admin: Admin,
     results: dict[str, dg.ExecuteInProcessResult] = {}
 
     def run(asset: str) -> None:
-        [results[asset]] = materialize_skus(defs, pipeline.instance, [asset], [sku], partitions_name=SKU_PARTITIONS.name,
+        # Each run its own Dagster instance, as runs in their own processes have: two threads on one
+        # in-memory SQLite instance met "database table is locked: snapshots" and one run never started.
+        # What is under test lives in the shared ledger, which both runs use.
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions(SKU_PARTITIONS.name, [sku])
+        [results[asset]] = materialize_skus(defs, instance, [asset], [sku], partitions_name=SKU_PARTITIONS.name,
                                             batch_size=10, log_level="ERROR")  # fmt: skip
 
     threads = [threading.Thread(target=run, args=(asset,)) for asset in ("hero_images", "hero_twin")]
