@@ -35,8 +35,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorServe
 @pytest.fixture(scope="session")
 def admin(emulator: EmulatorServer) -> Admin:
     """The emulator's admin API."""
-    root = emulator.base_url.split("/api/v1/")[0]
-    return Admin(root=root, storage_url=emulator.storage_url, base_url=emulator.base_url, token="emulator-admin")
+    return Admin.of(emulator)
 
 
 @pytest.fixture

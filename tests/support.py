@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from PIL import Image
+
+if TYPE_CHECKING:
+    from flokan_dagster.emulator import EmulatorServer
 
 
 @dataclass
@@ -20,6 +26,12 @@ class Admin:
     storage_url: str
     base_url: str
     token: str
+
+    @classmethod
+    def of(cls, server: EmulatorServer) -> Admin:
+        """The admin handle of an emulator started by a test (its admin API sits beside ``/api/v1/``)."""
+        root = server.base_url.split("/api/v1/")[0]
+        return cls(root=root, storage_url=server.storage_url, base_url=server.base_url, token="emulator-admin")
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = httpx.request(method, self.root + path, headers={"X-Emulator-Admin": self.token}, timeout=30, **kwargs)
@@ -91,3 +103,19 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str, poll_
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(poll_s)
+
+
+def sigkill_when(child: subprocess.Popen[Any], ready: Callable[[], object], timeout_s: float, what: str,
+                 log: Path | None = None) -> None:  # fmt: skip
+    """SIGKILL ``child`` once ``ready()`` holds, failing if it finished first (the kill then proves
+    nothing); ``log`` is the child's log, quoted on that failure. The child is never left running."""
+    try:
+        wait_for(lambda: ready() or child.poll() is not None, timeout_s, what)
+        assert child.poll() is None, "the child finished before it could be killed" + (
+            f":\n{log.read_text()[-3000:]}" if log else "")  # fmt: skip
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

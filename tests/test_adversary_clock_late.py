@@ -26,8 +26,7 @@ SETTINGS = ReconcileSettings(budget_s=10.0)
 def skewed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
     config = EmulatorConfig(state_dir=tmp_path_factory.mktemp("skewed-emulator"), latency_ms=20)
     with EmulatorServer(config) as server:
-        root = server.base_url.split("/api/v1/")[0]
-        yield Admin(root=root, storage_url=server.storage_url, base_url=server.base_url, token="emulator-admin")
+        yield Admin.of(server)
 
 
 @pytest.mark.parametrize("offset_s", [-1020, 3600], ids=["server-17min-behind", "server-1h-ahead"])

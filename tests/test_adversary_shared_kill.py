@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ from tests.reliability import (
     write_catalog,
 )
 from tests.servers import fresh_database
-from tests.support import Admin, Workspace, wait_for
+from tests.support import Admin, Workspace, sigkill_when, wait_for
 from tests.test_adversary_retry import outcomes_of
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -78,15 +77,7 @@ def test_a_killed_machines_write_ahead_records_are_in_the_shared_ledger(
         [sys.executable, "-c", code, arguments], cwd=PROJECT, env={**os.environ, "PYTHONPATH": str(PROJECT)},
         stdout=subprocess.DEVNULL, stderr=(tmp_path / "machine-a.log").open("w"),
     )  # fmt: skip
-    try:
-        wait_for(lambda: workspace.info()["jobs"] >= len(skus) or child.poll() is not None, 60, "machine A's sends")
-        assert child.poll() is None, (tmp_path / "machine-a.log").read_text()[-3000:]
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    sigkill_when(child, lambda: workspace.info()["jobs"] >= len(skus), 60, "machine A's sends", log=tmp_path / "machine-a.log")
     defs = machine(tmp_path, database, tmp_path / "spool-b", workspace.api_key, admin.base_url, skus)
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(SKU_PARTITIONS.name, skus)

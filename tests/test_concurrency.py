@@ -24,8 +24,7 @@ def short_windows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
     config = EmulatorConfig(state_dir=tmp_path_factory.mktemp("short-windows"), latency_ms=100, image_size=(64, 64),
                             rate_window_s=WINDOW_S)  # fmt: skip
     with EmulatorServer(config) as server:
-        root = server.base_url.split("/api/v1/")[0]
-        yield Admin(root=root, storage_url=server.storage_url, base_url=server.base_url, token="emulator-admin")
+        yield Admin.of(server)
 
 
 def _client(admin: Admin, workspace: Workspace) -> AsyncFlokanClient:

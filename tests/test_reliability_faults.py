@@ -43,8 +43,7 @@ BATCH = 25
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
     config = EmulatorConfig(state_dir=tmp_path_factory.mktemp("faulty-emulator"), latency_ms=30, faults=PLAN)
     with EmulatorServer(config) as server:
-        root = server.base_url.split("/api/v1/")[0]
-        yield Admin(root=root, storage_url=server.storage_url, base_url=server.base_url, token="emulator-admin")
+        yield Admin.of(server)
 
 
 def run_outcomes(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], dict[str, str]]:

@@ -13,7 +13,6 @@ dangling.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from tests.reliability import (
     prompt_of,
     sku_names,
 )
-from tests.support import Admin
+from tests.support import Admin, sigkill_when, wait_for
 
 PROJECT = Path(__file__).resolve().parent.parent
 COUNT, BATCH = 30, 10
@@ -43,16 +42,8 @@ COUNT, BATCH = 30, 10
 def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
     config = EmulatorConfig(state_dir=tmp_path_factory.mktemp("slow-emulator"), latency_ms=1000)
     with EmulatorServer(config) as server:
-        root = server.base_url.split("/api/v1/")[0]
-        yield Admin(root=root, storage_url=server.storage_url, base_url=server.base_url, token="emulator-admin")
+        yield Admin.of(server)
 
-
-def wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def reconcile_until_caught_up(pipeline, settings: ReconcileSettings) -> list[str]:  # type: ignore[no-untyped-def]
@@ -77,16 +68,8 @@ def test_a_killed_run_loses_no_record_and_nothing_is_paid_twice(tmp_path: Path, 
         [sys.executable, "-m", "tests.reliability", str(tmp_path), workspace.api_key, slow.base_url, str(COUNT), str(BATCH)],
         cwd=PROJECT, env={**os.environ, "PYTHONPATH": str(PROJECT)}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    try:
-        # The first wave of the first batch has finished and the next calls are in flight.
-        wait_for(lambda: slow.hits("POST /process") - hits >= 8 or child.poll() is not None, 60, "/process calls")
-        assert child.poll() is None, "the child finished before it could be killed"
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    # Killed once the first wave of the first batch has finished and the next calls are in flight.
+    sigkill_when(child, lambda: slow.hits("POST /process") - hits >= 8, 60, "/process calls")
     pipeline = build_pipeline(tmp_path, workspace.api_key, slow.base_url, skus)
     killed = {a.attempt_id: a for a in pipeline.ledger.attempts_for()}
     dangling = {i for i, a in killed.items() if a.status in ("pending", "unknown")}

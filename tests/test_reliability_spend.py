@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from flokan_dagster.image_store import ImageStore
 from flokan_dagster.reconcile import reconcile
 from flokan_dagster.runs import materialize_skus
 from tests.reliability import ASSET, Pipeline, build_pipeline, charged_jobs, ledger_charges, prompt_of, sku_names, write_catalog
-from tests.support import Admin, Workspace
+from tests.support import Admin, Workspace, sigkill_when, wait_for
 
 PROJECT = Path(__file__).resolve().parent.parent
 UNKNOWN = "outcome unknown, will be settled"
@@ -41,8 +40,7 @@ UNKNOWN = "outcome unknown, will be settled"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
     config = EmulatorConfig(state_dir=tmp_path_factory.mktemp("spend-emulator"), latency_ms=30)
     with EmulatorServer(config) as emulator:
-        root = emulator.base_url.split("/api/v1/")[0]
-        yield Admin(root=root, storage_url=emulator.storage_url, base_url=emulator.base_url, token="emulator-admin")
+        yield Admin.of(emulator)
 
 
 @pytest.fixture
@@ -95,13 +93,6 @@ def check_accounts(pipeline: Pipeline, workspace: Workspace) -> None:
     per_sku = Counter((r.asset, r.sku) for r in owners.values())
     assert max(per_sku.values(), default=0) == 1, f"a SKU paid twice: {per_sku.most_common(3)}"
 
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 # -- 1. clock skew ---------------------------------------------------------------------------------
@@ -284,15 +275,7 @@ def test_7_a_dead_runs_claims_are_released_on_evidence(tmp_path: Path, admin: Ad
         [sys.executable, "-c", "import sys; from tests.test_reliability_spend import run_child; run_child(sys.argv[1])", arguments],
         cwd=PROJECT, env={**os.environ, "PYTHONPATH": str(PROJECT)}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    try:
-        wait_for(lambda: admin.hits("POST /process") - hits >= 3 or child.poll() is not None, 60, "the child's sends")
-        assert child.poll() is None, "the child finished before it could be killed"
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    sigkill_when(child, lambda: admin.hits("POST /process") - hits >= 3, 60, "the child's sends")
     [dead] = instance.get_runs()
     assert dead.status == dg.DagsterRunStatus.STARTED  # what Dagster shows for a run whose process died
     pipeline = build_pipeline(tmp_path, workspace.api_key, admin.base_url, skus, settle_timeout_s=15.0)

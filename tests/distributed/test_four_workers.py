@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from flokan_dagster.reconcile import ReconcileCursor, ReconcileSettings, reconci
 from tests.distributed.worker import ALL_SKUS, run, s3_options, spool_of
 from tests.reliability import ledger_charges, prompt_of
 from tests.servers import S3Server, fresh_database
-from tests.support import Admin
+from tests.support import Admin, sigkill_when, wait_for
 
 PROJECT = Path(__file__).resolve().parents[2]
 BATCH = 8
@@ -46,16 +45,8 @@ PLAN = FaultPlan(seed=12, drop_after_complete_rate=0.12, provider_error_rate=0.0
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
     config = EmulatorConfig(state_dir=tmp_path_factory.mktemp("four-workers-emulator"), latency_ms=400, faults=PLAN)
     with EmulatorServer(config) as server:
-        root = server.base_url.split("/api/v1/")[0]
-        yield Admin(root=root, storage_url=server.storage_url, base_url=server.base_url, token="emulator-admin")
+        yield Admin.of(server)
 
-
-def wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def charged(api_key: str, base_url: str) -> dict[str, int]:
@@ -88,11 +79,8 @@ def test_four_workers_overlapping_with_faults_and_a_kill(
         for n, skus in enumerate(SETS)
     ]
     try:
-        wait_for(lambda: faulty.hits("POST /process") - hits >= 10 or workers[KILLED].poll() is not None, 240,
-                 "the workers' first /process calls")  # fmt: skip
-        assert workers[KILLED].poll() is None, "the worker to kill finished first: the test proves nothing"
-        workers[KILLED].send_signal(signal.SIGKILL)
-        assert workers[KILLED].wait(timeout=30) == -signal.SIGKILL
+        sigkill_when(workers[KILLED], lambda: faulty.hits("POST /process") - hits >= 10, 240,
+                     "the workers' first /process calls")  # fmt: skip
         for n, worker in enumerate(workers):
             if n != KILLED:
                 out, err = worker.communicate(timeout=600)
@@ -105,10 +93,9 @@ def test_four_workers_overlapping_with_faults_and_a_kill(
 
     wait_for(lambda: not faulty.call("GET", "/_emulator/stats")["jobs_in_flight"], 120, "in-flight jobs to finish")
     faulty.clear_faults()
-    if hasattr(CreditLedger, "claim_skus"):
-        # A dead worker's request whose job never appeared may only be sent again once the
-        # server's own limit (300 s, plus a margin) has passed on the server's clock: let it pass.
-        faulty.call("PUT", "/_emulator/clock", json={"offset_s": 3600})
+    # A dead worker's request whose job never appeared may only be sent again once the
+    # server's own limit (300 s, plus a margin) has passed on the server's clock: let it pass.
+    faulty.call("PUT", "/_emulator/clock", json={"offset_s": 3600})
     # The killed worker's machine comes back: what it had spooled reaches the shared ledger.
     killed_dir = tmp_path / f"worker-{KILLED}"
     assert CreditLedger(database, spool_dir=spool_of(killed_dir)).flush_spool() == 0
