@@ -49,6 +49,7 @@ SELECT
     NULL, NULL, NULL,
     CASE WHEN i % 97 = 0 THEN 'external' WHEN i % 89 = 0 THEN 'reconciled' ELSE 'dagster' END AS origin,
     ts AS sent_at, ts AS job_created_at, ts + INTERVAL 20 SECOND AS completed_at,
+    NULL AS server_sent_at, NULL AS clock_error_ms,
     ts AS recorded_at, ts + INTERVAL 21 SECOND AS updated_at,
     i AS revision
 FROM (

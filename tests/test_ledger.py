@@ -320,3 +320,46 @@ def test_views_return_the_right_sums(ledger: CreditLedger, tmp_path: Path) -> No
     report = cost_report_markdown(ledger)
     assert report.startswith("# Flokan credit report")
     assert "**145 credits**" in report and "| A | 2 | 95 |" in report
+
+
+AWKWARD_TEXT = "it's ''quoted'' \\ back\\slash ? $1 $$dollar$$ %s; DROP TABLE attempts; --\nnewline \t tab é 🖼"
+
+
+def test_awkward_text_and_times_round_trip_exactly(ledger: CreditLedger) -> None:
+    """What a prompt, an error or a job id may hold is stored as it is on every backend (the
+    shared ledger writes PostgreSQL's SQL with the values as literals)."""
+    from datetime import timezone
+
+    aid = begin(ledger, sku="MUG-'1'", prompt=AWKWARD_TEXT, fingerprint="fp'?")
+    ledger.finish_attempt(aid, status="completed", job_id="job-'?'\\", credits_consumed=50, error=AWKWARD_TEXT,
+                          job_created_at=datetime(2026, 5, 4, 13, 0, tzinfo=timezone(timedelta(hours=2))))  # fmt: skip
+    ledger.record_external_job(job_row("ext-'$$'", prompt=AWKWARD_TEXT))
+    done = ledger.get_attempt(aid)
+    assert done is not None
+    assert (done.sku, done.prompt, done.fingerprint, done.job_id) == ("MUG-'1'", AWKWARD_TEXT, "fp'?", "job-'?'\\")
+    assert done.error == AWKWARD_TEXT
+    assert done.job_created_at == datetime(2026, 5, 4, 11, 0)  # naive UTC
+    (external,) = [a for a in ledger.attempts_for() if a.origin == "external"]
+    assert (external.job_id, external.prompt) == ("ext-'$$'", AWKWARD_TEXT)
+
+
+def test_merging_the_same_events_again_keeps_the_earliest_copy(ledger: CreditLedger) -> None:
+    """A merge replayed (a spool file merged twice, a crash between commit and removal) changes nothing."""
+    import dataclasses
+
+    from flokan_dagster.ledger.journal import apply_events
+    from flokan_dagster.ledger.records import LedgerEvent
+
+    begin_event = LedgerEvent.create("a-replay", "begin", {"status": "pending", "sku": "MUG-9", "asset": "images"})
+    finish = LedgerEvent.create("a-replay", "finish", {"status": "completed", "job_id": "job-replay", "credits_consumed": 20})
+    later_copy = dataclasses.replace(finish, revision=finish.revision + 10**9, fields={**finish.fields, "credits_consumed": 99})
+    begin(ledger)  # the tables exist
+    with open_database(ledger.database, read_only=False) as conn:
+        apply_events(conn, [begin_event, finish])
+        apply_events(conn, [finish, later_copy, begin_event])
+        journal = conn.execute("SELECT count(*), max(revision) FROM attempt_events WHERE attempt_id = 'a-replay'").fetchone()
+        jobs = conn.execute("SELECT count(*) FROM attempt_jobs WHERE attempt_id = 'a-replay'").fetchone()
+    assert journal == (2, finish.revision)
+    assert jobs == (1,)
+    row = ledger.get_attempt("a-replay")
+    assert row is not None and (row.status, row.job_id, row.credits_consumed) == ("completed", "job-replay", 20)

@@ -25,12 +25,13 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import shutil
 import tempfile
 import threading
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
@@ -277,6 +278,8 @@ def is_unreachable(exc: BaseException) -> bool:
 
 def uses_postgres(conn: duckdb.DuckDBPyConnection) -> bool:
     """Return True when ``conn``'s current database is an attached PostgreSQL ledger."""
+    if isinstance(conn, PushdownConnection):
+        return True  # what open_database returns for PostgreSQL, without a query per merge
     row = conn.execute(
         "SELECT type FROM duckdb_databases() WHERE database_name = current_database()"
     ).fetchone()
@@ -292,12 +295,72 @@ def serialize_writers(conn: duckdb.DuckDBPyConnection) -> None:
     writer at a time by its file lock.
     """
     if uses_postgres(conn):
-        # DuckDB's postgres extension opens REPEATABLE READ transactions, whose snapshot is taken
-        # by the first statement: the lock's own, before it waits. The merge would then fold from
-        # a journal missing what the merge it waited for committed. READ COMMITTED gives every
-        # statement after the lock a fresh snapshot (it must come before any query).
-        conn.execute(f"CALL postgres_execute('{ATTACHED_NAME}', 'SET TRANSACTION ISOLATION LEVEL READ COMMITTED')")
-        conn.execute(f"CALL postgres_execute('{ATTACHED_NAME}', 'SELECT pg_advisory_xact_lock({_MERGE_LOCK_KEY})')")
+        execute_in_postgres(conn, writers_lock_statements())
+
+
+def writers_lock_statements() -> list[str]:
+    """What :func:`serialize_writers` runs in PostgreSQL, first in a transaction.
+
+    A merge that also writes natively puts its first writes in the same round trip, after these.
+    """
+    # DuckDB's postgres extension opens REPEATABLE READ transactions, whose snapshot is taken by
+    # the first statement: the lock's own, before it waits. The merge would then fold from a
+    # journal missing what the merge it waited for committed. READ COMMITTED gives every
+    # statement after the lock a fresh snapshot (it must come before any query).
+    return ["SET TRANSACTION ISOLATION LEVEL READ COMMITTED", f"SELECT pg_advisory_xact_lock({_MERGE_LOCK_KEY})"]
+
+
+def execute_in_postgres(conn: duckdb.DuckDBPyConnection, statements: Sequence[str]) -> None:
+    """Run ``statements`` (PostgreSQL's SQL) in PostgreSQL itself, in ``conn``'s open transaction.
+
+    One round trip for all of them (``postgres_execute`` runs a script on the connection of the
+    DuckDB transaction, so they commit or roll back with it and later reads in the transaction
+    see them). The ledger's writes go this way on PostgreSQL: DuckDB's postgres extension runs an
+    ``INSERT ... ON CONFLICT`` by copying the whole target table to the client to find the
+    conflicts (the whole journal, payloads included, for every merge), and a ``DELETE`` by first
+    fetching the rows' ``ctid``s, each statement also costing 5-35 ms of planning in the client:
+    all of it while the merge holds the lock every machine's writers wait for. PostgreSQL does
+    the same statements through its indexes in about a millisecond.
+
+    Values in ``statements`` must be written with :func:`postgres_literal`.
+    """
+    # SET LOCAL takes no snapshot, so a SET TRANSACTION ISOLATION LEVEL may still follow it.
+    script = "; ".join(["SET LOCAL standard_conforming_strings = on", *statements])
+    conn.execute(f"CALL postgres_execute('{ATTACHED_NAME}', ?)", [script])
+
+
+def postgres_literal(value: object) -> str:
+    """``value`` as a PostgreSQL literal for :func:`execute_in_postgres`.
+
+    Timestamps are the ledger's naive UTC (an aware one is converted to UTC first); strings are
+    standard-conforming (``execute_in_postgres`` sets that), with ``'`` doubled.
+
+    Example:
+        >>> postgres_literal("it's"), postgres_literal(None), postgres_literal(7)
+        ("'it''s'", 'NULL', '7')
+        >>> from datetime import timedelta, timezone
+        >>> postgres_literal(datetime(2026, 1, 2, 4, 0, tzinfo=timezone(timedelta(hours=1))))
+        "'2026-01-02T03:00:00'::timestamp"
+    """
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"no PostgreSQL literal for {value!r}")
+        return repr(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return f"'{value.isoformat()}'::timestamp"
+    if isinstance(value, date):
+        return f"'{value.isoformat()}'::date"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"no PostgreSQL literal for {type(value).__name__}")
 
 
 def _quote(text: str) -> str:
@@ -307,10 +370,12 @@ def _quote(text: str) -> str:
 __all__ = [
     "ATTACHED_NAME",
     "LedgerBackendError",
+    "execute_in_postgres",
     "is_postgres",
     "is_unreachable",
     "open_database",
     "postgres_extension_path",
+    "postgres_literal",
     "serialize_writers",
     "uses_postgres",
 ]

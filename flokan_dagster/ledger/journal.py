@@ -20,7 +20,13 @@ from typing import Any, Final
 
 import duckdb
 
-from flokan_dagster.ledger.backend import serialize_writers
+from flokan_dagster.ledger.backend import (
+    execute_in_postgres,
+    postgres_literal,
+    serialize_writers,
+    uses_postgres,
+    writers_lock_statements,
+)
 from flokan_dagster.ledger.records import COLUMNS, LedgerEvent, external_attempt_id, fold_attempts
 
 _SELECT_COLUMNS: Final = ", ".join(COLUMNS)
@@ -109,48 +115,102 @@ def apply_events(conn: duckdb.DuckDBPyConnection, events: list[LedgerEvent]) -> 
     for event in sorted(events, key=lambda e: (e.revision, e.event_id)):
         unique.setdefault(event.event_id, event)
     batch = list(unique.values())
+    native = uses_postgres(conn)
     conn.execute("BEGIN TRANSACTION")
     try:
-        serialize_writers(conn)  # several machines on a shared PostgreSQL: one merge at a time
-        conn.execute(
-            """INSERT INTO attempt_events
-               SELECT * FROM (SELECT unnest(?) AS event_id, unnest(?) AS attempt_id, unnest(?) AS revision,
-                                     unnest(?) AS written_at, unnest(?) AS kind, unnest(?) AS payload)
-               ON CONFLICT (event_id) DO UPDATE SET
-                   revision = least(attempt_events.revision, excluded.revision),
-                   written_at = least(attempt_events.written_at, excluded.written_at),
-                   payload = CASE WHEN excluded.revision < attempt_events.revision
-                                  THEN excluded.payload ELSE attempt_events.payload END""",
-            [
-                [e.event_id for e in batch],
-                [e.attempt_id for e in batch],
-                [e.revision for e in batch],
-                [e.written_at for e in batch],
-                [e.kind for e in batch],
-                [e.to_json() for e in batch],
-            ],
-        )
         jobs = [e for e in batch if e.fields.get("job_id") is not None]
-        if jobs:
-            conn.execute(
-                """INSERT INTO attempt_jobs
-                   SELECT * FROM (SELECT unnest(?) AS event_id, unnest(?) AS attempt_id, unnest(?) AS job_id)
-                   ON CONFLICT DO NOTHING""",
-                [[e.event_id for e in jobs], [e.attempt_id for e in jobs], [str(e.fields["job_id"]) for e in jobs]],
-            )
+        if native:
+            # One round trip: wait for the other machines' merges, then journal.
+            execute_in_postgres(conn, [*writers_lock_statements(), *_journal_statements(batch, jobs)])
+        else:
+            serialize_writers(conn)  # a no-op for a DuckDB file (one writer by its file lock)
+            _journal(conn, batch, jobs)
         attempt_ids, rows = fold_with_stored(conn, batch)
-        conn.execute("DELETE FROM attempts WHERE attempt_id IN (SELECT unnest(?))", [attempt_ids])
-        insert_rows(conn, "attempts", rows)
         job_ids = sorted({row["job_id"] for row in rows if row["job_id"] is not None})
-        if job_ids:
-            conn.execute(
-                """DELETE FROM attempts
-                   WHERE origin = 'external' AND job_id IN (
-                       SELECT job_id FROM attempts
-                       WHERE origin IS DISTINCT FROM 'external' AND job_id IN (SELECT unnest(?)))""",
-                [job_ids],
-            )
+        if native:
+            execute_in_postgres(conn, _row_statements(attempt_ids, rows, job_ids))
+        else:
+            conn.execute("DELETE FROM attempts WHERE attempt_id IN (SELECT unnest(?))", [attempt_ids])
+            insert_rows(conn, "attempts", rows)
+            if job_ids:
+                conn.execute(_DROP_EXTERNAL_DUPLICATES.format(jobs="SELECT unnest(?)"), [job_ids])
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+# An external row of a job that an attempt now holds goes: the job's credits count once.
+_DROP_EXTERNAL_DUPLICATES: Final = """DELETE FROM attempts
+    WHERE origin = 'external' AND job_id IN (
+        SELECT job_id FROM attempts WHERE origin IS DISTINCT FROM 'external' AND job_id IN ({jobs}))"""
+# A journalled event id keeps its earliest copy (see apply_events).
+_KEEP_EARLIEST: Final = """ON CONFLICT (event_id) DO UPDATE SET
+    revision = least(attempt_events.revision, excluded.revision),
+    written_at = least(attempt_events.written_at, excluded.written_at),
+    payload = CASE WHEN excluded.revision < attempt_events.revision
+                   THEN excluded.payload ELSE attempt_events.payload END"""
+
+
+def _journal(conn: duckdb.DuckDBPyConnection, batch: list[LedgerEvent], jobs: list[LedgerEvent]) -> None:
+    """Journal ``batch`` and its job ids through DuckDB (a DuckDB file)."""
+    conn.execute(
+        f"""INSERT INTO attempt_events
+           SELECT * FROM (SELECT unnest(?) AS event_id, unnest(?) AS attempt_id, unnest(?) AS revision,
+                                 unnest(?) AS written_at, unnest(?) AS kind, unnest(?) AS payload)
+           {_KEEP_EARLIEST}""",
+        [
+            [e.event_id for e in batch],
+            [e.attempt_id for e in batch],
+            [e.revision for e in batch],
+            [e.written_at for e in batch],
+            [e.kind for e in batch],
+            [e.to_json() for e in batch],
+        ],
+    )
+    if jobs:
+        conn.execute(
+            """INSERT INTO attempt_jobs
+               SELECT * FROM (SELECT unnest(?) AS event_id, unnest(?) AS attempt_id, unnest(?) AS job_id)
+               ON CONFLICT DO NOTHING""",
+            [[e.event_id for e in jobs], [e.attempt_id for e in jobs], [str(e.fields["job_id"]) for e in jobs]],
+        )
+
+
+def _listed(values: list[Any]) -> str:
+    return ", ".join(postgres_literal(v) for v in values)
+
+
+def _values(rows: list[list[Any]]) -> str:
+    return ", ".join(f"({_listed(row)})" for row in rows)
+
+
+def _journal_statements(batch: list[LedgerEvent], jobs: list[LedgerEvent]) -> list[str]:
+    """The same journal writes as :func:`_journal`, in PostgreSQL's SQL (the shared ledger)."""
+    statements = [
+        "INSERT INTO attempt_events (event_id, attempt_id, revision, written_at, kind, payload) VALUES "
+        + _values([[e.event_id, e.attempt_id, e.revision, e.written_at, e.kind, e.to_json()] for e in batch])
+        + " "
+        + _KEEP_EARLIEST
+    ]
+    if jobs:
+        statements.append(
+            "INSERT INTO attempt_jobs (event_id, attempt_id, job_id) VALUES "
+            + _values([[e.event_id, e.attempt_id, str(e.fields["job_id"])] for e in jobs])
+            + " ON CONFLICT DO NOTHING"
+        )
+    return statements
+
+
+def _row_statements(attempt_ids: list[str], rows: list[dict[str, Any]], job_ids: list[str]) -> list[str]:
+    """Replace the rows of ``attempt_ids`` by ``rows``, in PostgreSQL's SQL (the shared ledger)."""
+    statements = []
+    if attempt_ids:
+        statements.append(f"DELETE FROM attempts WHERE attempt_id IN ({_listed(attempt_ids)})")
+    if rows:
+        statements.append(
+            f"INSERT INTO attempts ({_SELECT_COLUMNS}) VALUES " + _values([[row[c] for c in COLUMNS] for row in rows])
+        )
+    if job_ids:
+        statements.append(_DROP_EXTERNAL_DUPLICATES.format(jobs=_listed(job_ids)))
+    return statements
