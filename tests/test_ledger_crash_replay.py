@@ -29,9 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flokan_dagster.ledger import CreditLedger
-from flokan_dagster.ledger.journal import apply_events
 from flokan_dagster.ledger.records import COLUMNS, LedgerEvent
-from flokan_dagster.ledger.schema import ensure_schema
+from tests.test_ledger_replay import ledger_rows, replay
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = 3
@@ -99,10 +98,6 @@ def journal_events(conn: duckdb.DuckDBPyConnection) -> list[LedgerEvent]:
     return [LedgerEvent.from_json(r[0]) for r in conn.execute("SELECT payload FROM attempt_events").fetchall()]
 
 
-def rows(conn: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
-    return conn.execute(f"SELECT {', '.join(COLUMNS)} FROM attempts ORDER BY attempt_id").fetchall()
-
-
 @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     plans=st.lists(st.lists(operation, min_size=1, max_size=8), min_size=PROCESSES, max_size=PROCESSES),
@@ -133,19 +128,10 @@ def test_concurrent_crashing_writers_converge_on_the_fold_of_every_durable_event
         assert survivor.flush_spool() == 0
         with duckdb.connect(database, read_only=True) as conn:
             events = journal_events(conn)
-            stored = rows(conn)
+            stored = ledger_rows(conn)
         assert durable <= {e.event_id for e in events}, "an event reported durable is missing"
 
-        rng = random.Random(seed)
-        rng.shuffle(events)
-        fresh = duckdb.connect()
-        ensure_schema(fresh)
-        start = 0
-        while start < len(events):
-            size = rng.randint(1, 5)
-            apply_events(fresh, events[start : start + size])
-            start += size
-        assert rows(fresh) == stored
+        assert ledger_rows(replay(events, random.Random(seed), max_batch=5)) == stored
 
         held = [(r[0], r[COLUMNS.index("job_id")]) for r in stored if r[COLUMNS.index("job_id")] is not None]
         assert len({job for _, job in held}) == len(held), f"a job is held by two rows: {held}"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from flokan_dagster.ledger import CreditLedger
 from flokan_dagster.ledger.journal import apply_events
-from flokan_dagster.ledger.records import LedgerEvent, fold_events
+from flokan_dagster.ledger.records import COLUMNS, LedgerEvent, fold_events
 from flokan_dagster.ledger.schema import ensure_schema
 
 ATTEMPTS = [f"a{i}" for i in range(4)]
@@ -88,7 +88,26 @@ def spool_events(database: str, operations: list[tuple[Any, ...]]) -> list[Ledge
 
 
 def ledger_rows(conn: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
-    return conn.execute("SELECT * FROM attempts ORDER BY attempt_id").fetchall()
+    """Every ledger row, every column, in attempt order: what two replays are compared on."""
+    return conn.execute(f"SELECT {', '.join(COLUMNS)} FROM attempts ORDER BY attempt_id").fetchall()
+
+
+def replay(events: list[LedgerEvent], rng: random.Random, max_batch: int, redeliver_rate: float = 0.0) -> duckdb.DuckDBPyConnection:
+    """Apply ``events`` to a fresh in-memory ledger in shuffled batches of 1..``max_batch``, as merges
+    of spool files would; with ``redeliver_rate``, a batch is applied again with the two events before
+    it (a crash after the commit, before the spool files were removed)."""
+    shuffled = events[:]
+    rng.shuffle(shuffled)
+    conn = duckdb.connect()
+    ensure_schema(conn)
+    start = 0
+    while start < len(shuffled):
+        size = rng.randint(1, max_batch)
+        apply_events(conn, shuffled[start : start + size])
+        if rng.random() < redeliver_rate:
+            apply_events(conn, shuffled[max(0, start - 2) : start + size])
+        start += size
+    return conn
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -104,19 +123,7 @@ def test_replay_in_any_order_and_batching_converges(
     apply_events(reference, events)
     expected = ledger_rows(reference)
 
-    rng = random.Random(seed)
-    shuffled = events[:]
-    rng.shuffle(shuffled)
-    replayed = duckdb.connect()
-    ensure_schema(replayed)
-    start = 0
-    while start < len(shuffled):
-        size = rng.randint(1, 4)
-        apply_events(replayed, shuffled[start : start + size])
-        if rng.random() < 0.3:  # a crash after commit, before the spool files were removed
-            apply_events(replayed, shuffled[max(0, start - 2) : start + size])
-        start += size
-    assert ledger_rows(replayed) == expected
+    assert ledger_rows(replay(events, random.Random(seed), max_batch=4, redeliver_rate=0.3)) == expected
 
     # Invariants: every begun attempt is present, and no job is held by two rows of which one
     # is external (the job's credits would count twice).
