@@ -6,57 +6,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from flokan_dagster.ledger import CreditLedger, LedgerLockedError
+from tests.ledger_scenario import lock_held, writers_against_a_held_file
 
 ROOT = Path(__file__).resolve().parents[1]
-
-_HOLD_LOCK = """
-import select, sys, duckdb
-conn = duckdb.connect(sys.argv[1])  # read-write: an analyst's notebook, another run
-print("locked", flush=True)
-select.select([sys.stdin], [], [], float(sys.argv[2]))  # until the test lets go, or the time is up
-conn.close()
-"""
-
-_WRITER = """
-import sys
-from flokan_dagster.ledger import CreditLedger
-database, worker, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ledger = CreditLedger(database, lock_timeout_s=0.3)
-print("ready", flush=True)
-for i in range(count):
-    aid = ledger.begin_attempt(asset="images", sku=f"{worker}-{i}", prompt="p", model_tier="pro",
-                               estimated_credits=50, attempt_id=f"{worker}-{i}")
-    ledger.finish_attempt(aid, status="completed", job_id=f"job-{worker}-{i}", credits_consumed=i)
-ledger.flush_spool()
-"""
-
-
-@contextmanager
-def lock_held(database: str, seconds: float) -> Iterator[subprocess.Popen[str]]:
-    """Hold ``database`` read-write from another process until the block ends, or ``seconds`` if sooner.
-
-    A test that needs the lock held while it writes passes a generous ``seconds``: the block's end
-    releases it, so a slow machine never sees the lock go early.
-    """
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_LOCK, database, str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        yield holder
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=seconds + 30)
-
 
 def test_locked_database_spools_writes_and_merges_them_later(tmp_path: Path) -> None:
     database = str(tmp_path / "ledger.duckdb")
@@ -151,29 +109,11 @@ def test_readers_in_threads_while_writer_threads_work(tmp_path: Path) -> None:
 
 def test_concurrent_writer_processes_and_a_lock_holder_lose_nothing(tmp_path: Path) -> None:
     database = str(tmp_path / "ledger.duckdb")
-    CreditLedger(database).flush_spool()
     workers, per_worker = 4, 50
-    with lock_held(database, 1.5):
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", _WRITER, database, f"w{w}", str(per_worker)],
-                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )
-            for w in range(workers)
-        ]
-        outputs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0] * workers, outputs
-
-    ledger = CreditLedger(database)
-    assert ledger.flush_spool() == 0
-    rows = {r.attempt_id: r for r in ledger.attempts_for()}
-    assert len(rows) == workers * per_worker
-    for w in range(workers):
-        for i in range(per_worker):
-            row = rows[f"w{w}-{i}"]
-            assert (row.status, row.job_id, row.credits_consumed, row.sku, row.estimated_credits) == (
-                "completed", f"job-w{w}-{i}", i, f"w{w}-{i}", 50)
-    assert ledger.credits_spent(min(r.sent_at for r in rows.values() if r.sent_at), include_in_flight=False) == (
+    problems, crashes = writers_against_a_held_file(database, workers, per_worker, hold_s=1.5)
+    assert (crashes, problems) == (0, [])
+    rows = CreditLedger(database).attempts_for()
+    assert CreditLedger(database).credits_spent(min(r.sent_at for r in rows if r.sent_at), include_in_flight=False) == (
         workers * sum(range(per_worker)))
 
 
