@@ -25,9 +25,10 @@ ASSETS = ("hero", "lifestyle", "thumbs")
 SKUS = [f"S-{i}" for i in range(12)] + ["Café-1", "  padded  "]
 
 
-@pytest.fixture(scope="module")
-def ledger(tmp_path_factory: pytest.TempPathFactory) -> CreditLedger:
-    """A ledger of 40 attempts over 3 assets and 14 SKUs, a few external jobs, and 5 spooled events."""
+@pytest.fixture(scope="module", params=["spooled", "merged"])
+def ledger(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> CreditLedger:
+    """A ledger of 40 attempts over 3 assets and 14 SKUs, a few external jobs, and 5 events either
+    still in the spool (reads overlay them) or merged (reads go to the table and its SKU index)."""
     rng = random.Random(11)
     ledger = CreditLedger(str(tmp_path_factory.mktemp("scale") / "ledger.duckdb"))
     start = datetime(2026, 5, 1)
@@ -47,6 +48,9 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> CreditLedger:
                   "completed_at": start + timedelta(days=1), "sent_at": start + timedelta(days=1)}  # fmt: skip
         ledger.spool.put(LedgerEvent.create(f"spooled-attempt-{n}", "begin", fields))
     assert ledger.spooled_count() == 5
+    if request.param == "merged":
+        ledger.flush_spool()
+        assert ledger.spooled_count() == 0
     return ledger
 
 

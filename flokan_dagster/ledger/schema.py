@@ -92,6 +92,9 @@ TABLES: Final[tuple[str, ...]] = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS attempt_jobs_by_job ON attempt_jobs (job_id)",
+    # A run reads its own SKUs' attempts (CreditLedger.deciding_attempts): through this index
+    # DuckDB fetches those rows instead of scanning every SKU of years of attempts.
+    "CREATE INDEX IF NOT EXISTS attempts_by_sku ON attempts (sku)",
     # Which run may spend on a SKU right now (ledger/claims.py).
     CLAIMS_TABLE,
 )
