@@ -26,6 +26,7 @@ from typing import Any, Literal
 import duckdb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flokan_dagster import catalog_cache
 from flokan_dagster.api import rules
 from flokan_dagster.catalog_file import CatalogColumns, CatalogFileError, load_rows
 from flokan_dagster.sql_lists import UNNEST_TEXT, text_list
@@ -302,22 +303,36 @@ class CatalogFile:
         'Studio photo of a mug'
     """
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, path: Path, mapping: CatalogMapping,
-                 columns: CatalogColumns, scratch: tempfile.TemporaryDirectory[str]) -> None:  # fmt: skip
+    def __init__(self, conn: duckdb.DuckDBPyConnection, path: Path, mapping: CatalogMapping, columns: CatalogColumns,
+                 scratch: tempfile.TemporaryDirectory[str] | None, unkeyed: list[RowProblem] | None = None) -> None:  # fmt: skip
         self._conn = conn
         self._scratch = scratch
         self.path = path
         self.mapping = mapping
         self.columns = columns
         self.unkeyed: list[RowProblem] = []
-        self._prepare_keys()
+        if unkeyed is None:
+            self._prepare_keys()
+        else:
+            self.unkeyed = unkeyed
 
     @classmethod
-    def open(cls, source: str | Path, mapping: CatalogMapping, table: str | None = None) -> CatalogFile:
-        """Read ``source`` (CSV, Parquet, or ``table`` of a DuckDB database) and key its rows."""
+    def open(cls, source: str | Path, mapping: CatalogMapping, table: str | None = None, *,
+             cache_dir: str | Path | Literal["default"] | None = "default") -> CatalogFile:  # fmt: skip
+        """Read ``source`` (CSV, Parquet, or ``table`` of a DuckDB database) and key its rows.
+
+        The keyed rows are kept in ``cache_dir`` (see :mod:`flokan_dagster.catalog_cache`; by
+        default :func:`~flokan_dagster.catalog_cache.default_cache_dir`, None for no cache), so
+        the next open of the same file content reads that copy instead of parsing the file again.
+        """
         path = Path(source)
         if mapping.base_dir is None:
             mapping = mapping.model_copy(update={"base_dir": str(path.resolve().parent)})
+        sidecar = _sidecar_for(path, table, mapping, cache_dir)
+        if sidecar is not None:
+            cached = catalog_cache.open_sidecar(sidecar)
+            if cached is not None:
+                return cls._from_sidecar(cached, path, mapping)
         conn = duckdb.connect()
         scratch = tempfile.TemporaryDirectory(prefix="flokan-catalog-")
         try:
@@ -327,11 +342,47 @@ class CatalogFile:
                     f"catalog {path} has no column {mapping.sku_column!r} (its columns: {', '.join(columns.header)}); "
                     "rename the SKU column's header or set sku_column in the mapping"
                 )
-            return cls(conn, path, mapping, columns, scratch)
+            opened = cls(conn, path, mapping, columns, scratch)
         except BaseException:
             conn.close()
             scratch.cleanup()
             raise
+        if sidecar is not None and _sidecar_for(path, table, mapping, cache_dir) == sidecar:  # unchanged while read
+            opened._keep(sidecar)
+        return opened
+
+    @classmethod
+    def _from_sidecar(cls, conn: duckdb.DuckDBPyConnection, path: Path, mapping: CatalogMapping) -> CatalogFile:
+        try:
+            meta = conn.execute("SELECT header, description FROM catalog_meta").fetchone()
+            assert meta is not None
+            unkeyed = [RowProblem(sku, column, rule, number) for sku, column, rule, number in conn.execute(
+                "SELECT sku, column_name, rule, row_number FROM catalog_unkeyed ORDER BY row_number").fetchall()]  # fmt: skip
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, mapping, CatalogColumns(list(meta[0]), meta[1]), None, unkeyed)
+
+    def _keep(self, sidecar: Path) -> None:
+        """Write this file's keyed rows to ``sidecar`` for the next open."""
+        problems = self.unkeyed
+        self._conn.execute(
+            "CREATE TEMP TABLE catalog_meta AS SELECT CAST(? AS VARCHAR[]) AS header, CAST(? AS VARCHAR) AS description",
+            [self.columns.header, self.columns.description],
+        )
+        self._conn.execute(
+            "CREATE TEMP TABLE catalog_unkeyed AS SELECT * FROM (SELECT unnest(CAST(? AS VARCHAR[])) AS sku,"
+            " unnest(CAST(? AS VARCHAR[])) AS column_name, unnest(CAST(? AS VARCHAR[])) AS rule,"
+            " unnest(CAST(? AS BIGINT[])) AS row_number)",
+            [[p.sku for p in problems], [p.column for p in problems], [p.rule for p in problems],
+             [p.row_number for p in problems]],
+        )  # fmt: skip
+        catalog_cache.write_sidecar(self._conn, sidecar, {
+            "catalog_rows": "SELECT * FROM temp.catalog_rows ORDER BY __row",
+            "catalog_keys": "SELECT * FROM temp.catalog_keys ORDER BY __row",
+            "catalog_meta": "SELECT * FROM temp.catalog_meta",
+            "catalog_unkeyed": "SELECT * FROM temp.catalog_unkeyed",
+        })  # fmt: skip
 
     def __enter__(self) -> CatalogFile:
         return self
@@ -340,9 +391,10 @@ class CatalogFile:
         self.close()
 
     def close(self) -> None:
-        """Release the in-memory table (and any re-encoded copy of the file)."""
+        """Release the in-memory table or the cached copy (and any re-encoded copy of the file)."""
         self._conn.close()
-        self._scratch.cleanup()
+        if self._scratch is not None:
+            self._scratch.cleanup()
 
     def _prepare_keys(self) -> None:
         """Create ``catalog_keys`` (row, raw SKU, partition key) and collect the unusable SKUs."""
@@ -445,6 +497,18 @@ class CatalogFile:
             row = dict(zip(self.columns.header, values, strict=True))
             _add_row(catalog, key, row, rows[0], self.mapping, base_dir)
         return catalog
+
+
+def _sidecar_for(path: Path, table: str | None, mapping: CatalogMapping,
+                 cache_dir: str | Path | Literal["default"] | None) -> Path | None:  # fmt: skip
+    """The cached copy's path for ``path``'s current content, or None (no cache, or no such file)."""
+    if cache_dir is None or not path.is_file():
+        return None
+    directory = catalog_cache.default_cache_dir() if cache_dir == "default" else Path(cache_dir)
+    try:
+        return catalog_cache.sidecar_path(directory, path, table, catalog_cache.cache_key(path, table, mapping.sku_column))
+    except OSError:
+        return None  # unreadable: reading it fails with the clear message
 
 
 def _duplicate(key: str, rows: list[int], mapping: CatalogMapping) -> RowProblem:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -47,3 +48,15 @@ def workspace(admin: Admin) -> Iterator[Workspace]:
 
 # The shared mode's real servers (PostgreSQL, S3), started once per session when a test asks.
 from tests.servers import postgres_dsn, s3_server  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _catalog_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Catalog copies (flokan_dagster.catalog_cache) go to the session's temporary directory, not ~/.cache."""
+    previous = os.environ.get("FLOKAN_CATALOG_CACHE")
+    os.environ["FLOKAN_CATALOG_CACHE"] = str(tmp_path_factory.mktemp("catalog-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("FLOKAN_CATALOG_CACHE", None)
+    else:
+        os.environ["FLOKAN_CATALOG_CACHE"] = previous
