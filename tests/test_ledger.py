@@ -316,7 +316,12 @@ def test_views_return_the_right_sums(ledger: CreditLedger, tmp_path: Path) -> No
     assert summary["top_skus"][0] == {"sku": "A", "credits": 95, "attempts": 2}
     assert summary["estimate_vs_actual"] == {"estimated": 125, "actual": 115}
     assert {(r["model_tier"], r["billing"]): r["credits"] for r in summary["by_tier_provider"]}[("pro", "platform")] == 125
-    assert summary["recent_days"][0] == {"day": "2026-05-02", "credits": 65, "attempts": 5}
+    assert summary["recent_days"] == [{"day": "2026-05-02", "credits": 65, "attempts": 5},
+                                      {"day": "2026-05-01", "credits": 80, "attempts": 2}]  # fmt: skip
+    assert [r["sku"] for r in summary["top_skus"]] == ["A", "B", "C"]
+    narrow = cost_summary(ledger, top_skus=2, days=1)  # the top SKUs and the latest day only
+    assert [r["sku"] for r in narrow["top_skus"]] == ["A", "B"] and narrow["skus"] == 3
+    assert [r["day"] for r in narrow["recent_days"]] == ["2026-05-02"]
     report = cost_report_markdown(ledger)
     assert report.startswith("# Flokan credit report")
     assert "**145 credits**" in report and "| A | 2 | 95 |" in report

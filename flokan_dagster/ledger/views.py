@@ -1,8 +1,8 @@
 """Cost report queries over the ledger's SQL views: a summary dict and a Markdown report.
 
-Every figure is aggregated inside DuckDB (one grouping-sets scan plus two small ranked
-queries), so the report stays well under half a second on a million ledger rows; see
-``benchmarks/bench_ledger.py``.
+Every figure is aggregated inside DuckDB in one grouping-sets scan of the ledger (the SKU and day
+groups are ranked afterwards), so the report stays well under half a second on a million rows of
+a DuckDB file (``benchmarks/bench_ledger.py``) and reads a shared PostgreSQL ledger's rows once.
 
 Example:
     >>> import tempfile, os
@@ -22,32 +22,34 @@ import duckdb
 
 from flokan_dagster.ledger.store import CreditLedger
 
-_TOTALS_SQL = """
-SELECT
-    GROUPING(status) AS g_status,
-    GROUPING(origin) AS g_origin,
-    GROUPING(model_tier, provider, billing) AS g_tier,
-    GROUPING(asset) AS g_asset,
-    status, origin, model_tier, coalesce(provider, 'platform') AS provider, billing, asset,
-    count(*) AS attempts,
-    sum(credits) AS credits,
-    sum(estimated_credits) FILTER (WHERE status = 'completed' AND credits_consumed IS NOT NULL) AS estimated,
-    sum(credits_consumed) FILTER (WHERE status = 'completed' AND estimated_credits IS NOT NULL) AS actual
-FROM ledger_costs
-GROUP BY GROUPING SETS ((), (status), (origin), (model_tier, provider, billing), (asset))
-"""
-
-# count(*) OVER () counts the SKU groups: far cheaper than a count(DISTINCT sku) in the totals.
-_TOP_SKUS_SQL = """
-SELECT sku, sum(credits) AS credits, count(*) AS attempts, count(*) OVER () AS skus
-FROM ledger_costs WHERE sku IS NOT NULL GROUP BY sku ORDER BY credits DESC, sku LIMIT ?
-"""
-
-_RECENT_DAYS_SQL = """
-SELECT day, sum(credits) AS credits, count(*) AS attempts
-FROM ledger_costs
-WHERE day > (SELECT max(day) FROM ledger_costs) - ?
-GROUP BY day ORDER BY day DESC
+# The whole report in one scan of the ledger: every grouping at once, one group per SKU and per
+# day among them, materialized once and then cut down to the top SKUs and the latest days. On the
+# shared backend the scan crosses the wire from PostgreSQL, so one scan instead of four (the
+# totals, the SKUs, the latest day and its days) is most of the report's time.
+_REPORT_SQL = """
+WITH groups AS MATERIALIZED (
+    SELECT
+        GROUPING(status) AS g_status,
+        GROUPING(origin) AS g_origin,
+        GROUPING(model_tier, provider, billing) AS g_tier,
+        GROUPING(asset) AS g_asset,
+        GROUPING(sku) AS g_sku,
+        GROUPING(day) AS g_day,
+        status, origin, model_tier, coalesce(provider, 'platform') AS provider, billing, asset, sku, day,
+        count(*) AS attempts,
+        sum(credits) AS credits,
+        sum(estimated_credits) FILTER (WHERE status = 'completed' AND credits_consumed IS NOT NULL) AS estimated,
+        sum(credits_consumed) FILTER (WHERE status = 'completed' AND estimated_credits IS NOT NULL) AS actual
+    FROM ledger_costs
+    GROUP BY GROUPING SETS ((), (status), (origin), (model_tier, provider, billing), (asset), (sku), (day))
+),
+skus AS (SELECT * FROM groups WHERE g_sku = 0 AND sku IS NOT NULL)
+SELECT *, (SELECT count(*) FROM skus) AS skus FROM (
+    SELECT * FROM groups WHERE g_sku = 1 AND g_day = 1
+    UNION ALL (SELECT * FROM skus ORDER BY credits DESC, sku LIMIT {top_skus:d})
+    UNION ALL SELECT * FROM groups
+              WHERE g_day = 0 AND day > (SELECT max(day) FROM groups WHERE g_day = 0) - {days:d}
+)
 """
 
 
@@ -79,10 +81,18 @@ def summarize(conn: duckdb.DuckDBPyConnection, *, top_skus: int = 20, days: int 
         "by_asset": [],
         "estimate_vs_actual": {"estimated": 0, "actual": 0},
     }
-    rows = conn.execute(_TOTALS_SQL).fetchall()
-    for g_status, g_origin, g_tier, g_asset, status, origin, tier, provider, billing, asset, n, credits, est, act in rows:
+    top: list[dict[str, Any]] = []
+    recent: list[dict[str, Any]] = []
+    rows = conn.execute(_REPORT_SQL.format(top_skus=int(top_skus), days=int(days))).fetchall()
+    for (g_status, g_origin, g_tier, g_asset, g_sku, g_day, status, origin, tier, provider, billing, asset, sku, day,
+         n, credits, est, act, skus) in rows:  # fmt: skip
         credits = int(credits or 0)
-        if not g_asset:
+        summary["skus"] = int(skus)
+        if not g_sku:
+            top.append({"sku": sku, "credits": credits, "attempts": int(n)})
+        elif not g_day:
+            recent.append({"day": day.isoformat(), "credits": credits, "attempts": int(n)})
+        elif not g_asset:
             summary["by_asset"].append({"asset": asset, "attempts": int(n), "credits": credits})
         elif g_status and g_origin and g_tier == 7:
             summary.update(credits=credits, attempts=int(n))
@@ -97,13 +107,8 @@ def summarize(conn: duckdb.DuckDBPyConnection, *, top_skus: int = 20, days: int 
             )
     summary["by_tier_provider"].sort(key=lambda r: (-r["credits"], str(r["model_tier"]), str(r["provider"])))
     summary["by_asset"].sort(key=lambda r: (-r["credits"], str(r["asset"])))
-    top = conn.execute(_TOP_SKUS_SQL, [top_skus]).fetchall()
-    summary["skus"] = int(top[0][3]) if top else 0
-    summary["top_skus"] = [{"sku": sku, "credits": int(c or 0), "attempts": int(n)} for sku, c, n, _ in top]
-    summary["recent_days"] = [
-        {"day": day.isoformat(), "credits": int(c or 0), "attempts": int(n)}
-        for day, c, n in conn.execute(_RECENT_DAYS_SQL, [days]).fetchall()
-    ]
+    summary["top_skus"] = sorted(top, key=lambda r: (-r["credits"], r["sku"]))
+    summary["recent_days"] = sorted(recent, key=lambda r: r["day"], reverse=True)
     return summary
 
 
