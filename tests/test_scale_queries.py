@@ -165,3 +165,29 @@ def test_the_batch_reads_on_every_backend(backend: str, request: pytest.FixtureR
     assert sorted((a.sku, a.status, a.fingerprint) for a in deciding) == [
         ("A", "completed", "f2"), ("A", "unknown", "f2"), ("C", "completed", "f3")]
     assert ledger.stale_skus("hero", {"A": "f2", "B": "f2", "C": "f3", "D": "f1"}) == ["B", "D"]
+
+
+def test_the_report_from_one_grouped_scan_equals_the_cost_views(ledger: CreditLedger) -> None:
+    """``cost_summary`` sums one scan's groups in Python; each figure equals its view's answer."""
+    from flokan_dagster.ledger import cost_summary
+
+    def q(sql: str) -> list[tuple[object, ...]]:
+        return ledger.read(lambda c: c.execute(sql).fetchall())
+
+    summary = cost_summary(ledger, days=3)
+    ((credits, attempts),) = q("SELECT sum(credits), count(*) FROM ledger_costs")
+    assert (summary["credits"], summary["attempts"]) == (credits, attempts) and attempts
+    assert {r["asset"]: (r["attempts"], r["credits"]) for r in summary["by_asset"]} == {
+        a: (n, c) for a, c, n in q("SELECT asset, credits, attempts FROM credits_by_asset")}
+    assert {(r["model_tier"], r["provider"], r["billing"]): (r["attempts"], r["credits"]) for r in summary["by_tier_provider"]} == {
+        (t, p, b): (n, c) for t, p, b, c, n in q("SELECT model_tier, provider, billing, sum(credits), sum(attempts)"
+                                                 " FROM credits_by_tier_provider GROUP BY ALL")}  # fmt: skip
+    assert {k: (v["attempts"], v["credits"]) for k, v in summary["by_status"].items()} == {
+        s: (n, c) for s, n, c in q("SELECT status, count(*), sum(credits) FROM ledger_costs GROUP BY status")}
+    assert {k: (v["attempts"], v["credits"]) for k, v in summary["by_origin"].items()} == {
+        o: (n, c) for o, n, c in q("SELECT origin, count(*), sum(credits) FROM ledger_costs GROUP BY origin")}
+    assert [(r["day"], r["attempts"], r["credits"]) for r in summary["recent_days"]] == [
+        (d.isoformat(), n, c) for d, n, c in q("SELECT day, attempts, credits FROM credits_by_day"
+                                               " WHERE day > (SELECT max(day) FROM credits_by_day) - 3 ORDER BY day DESC")]  # fmt: skip
+    ((estimated, actual),) = q("SELECT coalesce(sum(estimated_credits), 0), coalesce(sum(actual_credits), 0) FROM estimate_vs_actual")
+    assert summary["estimate_vs_actual"] == {"estimated": estimated, "actual": actual}
