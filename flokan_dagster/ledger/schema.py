@@ -92,9 +92,6 @@ TABLES: Final[tuple[str, ...]] = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS attempt_jobs_by_job ON attempt_jobs (job_id)",
-    # A run reads its own SKUs' attempts (CreditLedger.deciding_attempts): through this index
-    # DuckDB fetches those rows instead of scanning every SKU of years of attempts.
-    "CREATE INDEX IF NOT EXISTS attempts_by_sku ON attempts (sku)",
     # Which run may spend on a SKU right now (ledger/claims.py).
     CLAIMS_TABLE,
 )
@@ -204,6 +201,9 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         )
     for statement in MIGRATIONS:
         conn.execute(statement)
+    # An index on attempts.sku (briefly created) is not used by DuckDB for the batch reads (a
+    # semi-join scans; an index fetch of rows spread over the file costs more): only a write cost.
+    conn.execute("DROP INDEX IF EXISTS attempts_by_sku")
     found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     version = found[0] if found else None
     if version is not None and version > SCHEMA_VERSION:

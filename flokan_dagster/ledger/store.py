@@ -902,13 +902,7 @@ class CreditLedger:
             # Without spooled events a DuckDB file's table is read directly (PostgreSQL, or a spool
             # overlay, goes through current_attempts).
             direct = source == _PLAIN_SOURCE and not uses_postgres(conn)
-            # A DuckDB file: the batch's rows come from the index on ``sku`` (the CTE is
-            # materialized so the asset filter is not pushed into that scan, which would turn it
-            # into a scan of every row); whole rows by the primary key's index afterwards.
-            table = (f"(SELECT attempt_id, sku, asset, status, fingerprint, completed_at, updated_at, recorded_at,"
-                     f" revision FROM attempts WHERE sku IN (SELECT value FROM {UNNEST_TEXT}))"
-                     if direct else "current_attempts")  # fmt: skip
-            row_key = "attempt_id"
+            table = "attempts" if direct else "current_attempts"
             latest = ("ORDER BY coalesce(a.completed_at, a.updated_at, a.recorded_at) DESC, coalesce(a.revision, 0) DESC,"
                       " a.recorded_at, a.attempt_id")  # fmt: skip
             # result_image_id is optional in job rows: a completed attempt without it is reusable.
@@ -916,24 +910,25 @@ class CreditLedger:
             same = "coalesce(a.fingerprint = w.fingerprint, false)"
             # Two statements: the choice over narrow columns, then whole rows for the chosen keys
             # only. (As one statement DuckDB scanned every column of every row for the second part.)
-            rows = f"batch AS MATERIALIZED {table}" if direct else f"batch AS (SELECT * FROM {table})"
             chosen = conn.execute(
-                f"""{source}, {rows}, wanted AS (
+                f"""{source}, wanted AS (
                     SELECT split_part(value, chr(30), 1) AS sku, nullif(split_part(value, chr(30), 2), '') AS fingerprint
                     FROM {UNNEST_TEXT})
                 SELECT row_key FROM (
-                    SELECT a.{row_key} AS row_key, a.status, {made} AS made, {same} AS same,
+                    SELECT a.attempt_id AS row_key, a.status, {made} AS made, {same} AS same,
                            row_number() OVER (PARTITION BY a.sku, {made} {latest}) AS nth,
                            row_number() OVER (PARTITION BY a.sku, {made}, {same} {latest}) AS nth_same
-                    FROM batch a JOIN wanted w ON a.sku = w.sku
+                    FROM {table} a JOIN wanted w ON a.sku = w.sku
                     WHERE a.asset = ?)
                 WHERE (made AND (nth = 1 OR (same AND nth_same = 1))) OR (same AND status IN ('unknown', 'pending'))""",
-                [text_list(fingerprints), pairs, asset] if direct else [pairs, asset],
+                [pairs, asset],
             ).fetchall()
             if not chosen:
                 return []
+            # Whole rows through the primary key's index: a handful of point fetches. (By rowid the
+            # filter went into a scan that decompressed every column of every row group.)
             cursor = conn.execute(
-                f"""{source} SELECT {_SELECT_COLUMNS} FROM {"attempts" if direct else "current_attempts"}
+                f"""{source} SELECT {_SELECT_COLUMNS} FROM {table}
                 WHERE attempt_id IN (SELECT value FROM {UNNEST_TEXT})
                 ORDER BY recorded_at, attempt_id""",
                 [text_list(row[0] for row in chosen)],
