@@ -145,7 +145,7 @@ class Runtime:
     def presigned_upload_url(self, image_id: str, mime_type: str) -> tuple[str, int]:
         """Return ``(upload_url, expires_in)`` for an image awaiting its bytes."""
         ttl = self.config.upload_url_ttl_s
-        expires = int(time.time()) + ttl
+        expires = math.ceil(time.time()) + ttl  # lives at least ttl seconds, never a truncated second less
         signature = self.sign(image_id, mime_type, expires)
         return f"{self.storage_url}/upload/{image_id}?expires={expires}&signature={signature}", ttl
 

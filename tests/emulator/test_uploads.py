@@ -12,6 +12,7 @@ import pytest
 
 from flokan_dagster.emulator import EmulatorConfig, EmulatorServer
 from tests.emulator.helpers import Workspace, api_client, png_bytes
+from tests.support import wait_for
 
 
 def _upload_url(ws: Workspace, mime_type: str = "image/png", **extra: object) -> dict[str, object]:
@@ -99,25 +100,41 @@ def test_bytes_must_really_be_that_image_type(ws: Workspace) -> None:
     unused = ws.client.post("/process", json={"prompt": "x", "model_tier": "pro", "image_id": data["image_id"]})
     assert unused.status_code == 404 and "no uploaded file" in unused.json()["error"]
 
-
 @pytest.fixture
-def strict_storage() -> Iterator[EmulatorServer]:
-    """An emulator whose upload URLs live one second and take at most 1000 bytes."""
-    config = EmulatorConfig(latency="zero", upload_url_ttl_s=1, upload_max_bytes=1000)
-    with EmulatorServer(config) as server:
+def small_uploads() -> Iterator[EmulatorServer]:
+    """An emulator whose uploads take at most 1000 bytes."""
+    with EmulatorServer(EmulatorConfig(latency="zero", upload_max_bytes=1000)) as server:
         yield server
 
 
-def test_size_limit_then_expiry(strict_storage: EmulatorServer) -> None:
-    workspace_id = strict_storage.admin.create_workspace()
-    with api_client(strict_storage, strict_storage.admin.create_key(workspace_id)) as client:
-        data = client.post("/upload-url", json={"file_name": "a.png", "mime_type": "image/png"}).json()["data"]
-    assert data["expires_in"] == 1
+@pytest.fixture
+def short_lived_uploads() -> Iterator[EmulatorServer]:
+    """An emulator whose upload URLs live one second."""
+    with EmulatorServer(EmulatorConfig(latency="zero", upload_url_ttl_s=1)) as server:
+        yield server
+
+
+def _fresh_upload_url(server: EmulatorServer) -> dict[str, object]:
+    workspace_id = server.admin.create_workspace()
+    with api_client(server, server.admin.create_key(workspace_id)) as client:
+        return client.post("/upload-url", json={"file_name": "a.png", "mime_type": "image/png"}).json()["data"]
+
+
+def test_size_limit(small_uploads: EmulatorServer) -> None:
+    data = _fresh_upload_url(small_uploads)
     too_big = png_bytes((8, 8)) + b"\0" * 1000
-    response = httpx.put(data["upload_url"], content=too_big, headers={"Content-Type": "image/png"})
+    response = httpx.put(str(data["upload_url"]), content=too_big, headers={"Content-Type": "image/png"})
     assert response.status_code == 413
-    time.sleep(1.05)
-    expired = httpx.put(data["upload_url"], content=png_bytes((8, 8)), headers={"Content-Type": "image/png"})
+
+
+def test_expiry(short_lived_uploads: EmulatorServer) -> None:
+    asked_at = time.time()
+    data = _fresh_upload_url(short_lived_uploads)
+    assert data["expires_in"] == 1
+    expires = int(parse_qs(urlsplit(str(data["upload_url"])).query)["expires"][0])
+    assert expires >= asked_at + 1  # the whole second it promises, counted from signing (not truncated)
+    wait_for(lambda: time.time() >= expires, 30, "the upload URL's expiry time")
+    expired = httpx.put(str(data["upload_url"]), content=png_bytes((8, 8)), headers={"Content-Type": "image/png"})
     assert expired.status_code == 403 and "expired" in expired.json()["error"]
 
 
