@@ -98,7 +98,10 @@ def write_latency(database: str, spools: Path, writers: int, attempts: int) -> l
         procs.append(subprocess.Popen([sys.executable, "-c", _WRITER, database, spool, f"w{w}-{uuid.uuid4().hex[:6]}",
                                        str(attempts)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
     for proc in procs:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != "ready":  # its traceback, if any, is on stderr above
+            raise RuntimeError(f"a writer did not start: read {line!r}, exit code {proc.poll()}")
     for proc in procs:
         assert proc.stdin is not None
         proc.stdin.write("go\n")

@@ -14,10 +14,14 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 def test_the_deploy_instance_queues_runs_and_limits_the_flokan_pool(tmp_path: Path) -> None:
     config = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
-    # Dagster's own storage goes to PostgreSQL (dagster-postgres, installed where deployed).
-    assert set(config["storage"]["postgres"]["postgres_db"]) == {"hostname", "port", "username", "password", "db_name"}
-    assert all(isinstance(v, dict) and "env" in v for v in config["storage"]["postgres"]["postgres_db"].values())
-    # The rest loads into a real instance here (storage left to the default, dagster-postgres absent).
+    # Dagster's own storage goes to PostgreSQL (dagster-postgres, in the shared extra), reached
+    # through the environment with the driver that extra installs. It loads for real against a
+    # PostgreSQL server in tests/distributed/test_deploy_instance.py (make test-distributed).
+    postgres_db = dict(config["storage"]["postgres"]["postgres_db"])
+    assert postgres_db.pop("scheme") == "postgresql+psycopg2"
+    assert set(postgres_db) == {"hostname", "port", "username", "password", "db_name"}
+    assert all(isinstance(v, dict) and "env" in v for v in postgres_db.values())
+    # The rest loads into a real instance here (storage left to the default: no server needed).
     del config["storage"]
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
