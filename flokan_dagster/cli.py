@@ -39,7 +39,7 @@ import dagster as dg
 from flokan_dagster.api.client import FlokanClient
 from flokan_dagster.assets import SKU_PARTITIONS_NAME, progress_logger
 from flokan_dagster.batch import SkuOutcome
-from flokan_dagster.catalog import load_catalog, partition_changes
+from flokan_dagster.catalog import CatalogFile, partition_changes
 from flokan_dagster.demo import (
     CATALOG_ASSET,
     HERO_MAPPING,
@@ -160,13 +160,15 @@ def materialize(args: argparse.Namespace) -> int:
     """The ``materialize`` command."""
     settings = DemoSettings.from_env()
     defs = build_demo_definitions(settings)
-    catalog = load_catalog(settings.catalog, HERO_MAPPING)
-    for problem in catalog.unkeyed:
+    # The SKUs only: each run validates its own rows (no 100,000 specs built here first).
+    with CatalogFile.open(settings.catalog, HERO_MAPPING) as catalog_file:
+        unkeyed, partition_keys = catalog_file.unkeyed, catalog_file.partition_keys
+    for problem in unkeyed:
         print(f"skipped: {problem.message}", file=sys.stderr)
-    skus = check_skus(args.sku, catalog.partition_keys) if args.sku else catalog.partition_keys
+    skus = check_skus(args.sku, partition_keys) if args.sku else partition_keys
     instance = open_instance()
-    adds, deletes = sync_partitions(instance, catalog.partition_keys)
-    print(f"catalog {settings.catalog.name}: {len(catalog.partition_keys)} SKUs (+{len(adds)} -{len(deletes)})")
+    adds, deletes = sync_partitions(instance, partition_keys)
+    print(f"catalog {settings.catalog.name}: {len(partition_keys)} SKUs (+{len(adds)} -{len(deletes)})")
     print(f"Flokan: {settings.base_url}" + (" (local emulator)" if settings.uses_emulator else ""), flush=True)
     assets = list(dict.fromkeys(args.asset or IMAGE_ASSETS))
     progress = _Progress(total=len(skus) * len(assets))
