@@ -37,7 +37,7 @@ from flokan_dagster.ledger.connection import (
     process_lock,
     spool_counter,
 )
-from flokan_dagster.ledger.journal import apply_events, fold_with_stored, insert_rows
+from flokan_dagster.ledger.journal import JSON_TEXTS, apply_events, fold_with_stored, insert_rows, json_texts
 from flokan_dagster.ledger.locking import ledger_file_lock
 from flokan_dagster.ledger.records import (
     COLUMNS,
@@ -258,6 +258,7 @@ class CreditLedger:
         job_created_at: datetime | str | None = None,
         completed_at: datetime | str | None = None,
         provider_used: str | None = None,
+        merge: bool = True,
     ) -> bool:
         """Record the outcome of ``POST /process`` for an attempt made by ``begin_attempt``.
 
@@ -278,6 +279,10 @@ class CreditLedger:
             job_created_at: The job's ``created_at``.
             completed_at: The job's ``completed_at``.
             provider_used: ``system`` or the BYOK provider that ran.
+            merge: False (a file ledger) makes the outcome durable in the spool only and leaves
+                merging it to the next merging write or :meth:`merge_spooled`: for a batch that
+                merges its many records in groups. Reads see it at once either way; a shared
+                (remote) ledger merges at once regardless, as other machines cannot see this spool.
 
         Returns:
             True if the outcome is in the database now; False if it waits in the spool.
@@ -308,7 +313,12 @@ class CreditLedger:
         }
         clear = ("error",) if status == "completed" else ()
         fields.update(self._identity(attempt_id))
-        return self._write([LedgerEvent.create(attempt_id, "finish", fields, clear=clear)])
+        event = LedgerEvent.create(attempt_id, "finish", fields, clear=clear)
+        if not merge and database_file(self.database) is not None:
+            self.spool.put(event)
+            self._spooled.bump()
+            return False
+        return self._write([event])
 
     def record_rejected(
         self,
@@ -525,15 +535,19 @@ class CreditLedger:
             Claim(asset='images', sku='MUG-1', ..., run_id='run-1', ...)
         """
         skus = sorted(fingerprints)
+        # One list item per SKU, SKU and fingerprint split by the record separator (one text
+        # parameter: DuckDB binds a list parameter value by value, ~0.1-0.2 ms each).
+        pairs = text_list(f"{sku}\x1e{fingerprints[sku]}" for sku in skus)
 
         def query(conn: duckdb.DuckDBPyConnection, source: str) -> dict[str, SendCheck]:
             holders = self._claims.claims_for(asset, skus) if self._claims is not None else claim_rows.claims_for(conn, asset, skus)
             rows = conn.execute(
-                f"{source}, wanted AS (SELECT unnest(?) AS sku, unnest(?) AS fingerprint)"
+                f"{source}, wanted AS (SELECT split_part(value, chr(30), 1) AS sku, split_part(value, chr(30), 2) AS fingerprint"
+                f" FROM {UNNEST_TEXT})"
                 f" SELECT {', '.join('a.' + c for c in COLUMNS)} FROM current_attempts a JOIN wanted w USING (sku, fingerprint)"
                 " WHERE a.asset = ? AND (a.status = 'completed' OR (a.status IN ('pending', 'unknown') AND a.run_id IS DISTINCT FROM ?))"
                 " ORDER BY coalesce(a.completed_at, a.updated_at) DESC, a.revision DESC",
-                [skus, [fingerprints[s] for s in skus], asset, run_id],
+                [pairs, asset, run_id],
             ).fetchall()
             found: dict[str, list[AttemptRecord]] = {sku: [] for sku in skus}
             for row in rows:
@@ -589,6 +603,23 @@ class CreditLedger:
             self._busy_until = 0.0
             self._merge_spool()
         return self.spool.count()
+
+    def merge_spooled(self) -> bool:
+        """Merge what waits in the spool unless another thread of this process is merging now.
+
+        The group commit of every write, on its own: a batch writing its records with
+        ``merge=False`` calls it now and then, so many records share one open, transaction and
+        checkpoint of the database. It never waits for another thread's merge (that merge takes
+        what is spooled), and waits for a locked database only as a write would.
+
+        Returns:
+            True if a merge ran here and left nothing of this process's behind; False otherwise.
+
+        Example:
+            >>> ledger.merge_spooled()  # doctest: +SKIP
+            True
+        """
+        return self._merge_if_free([])
 
     def quarantined_files(self) -> list[QuarantinedFile]:
         """Return the spool files that could not be read and are not yet resolved.
@@ -1036,6 +1067,10 @@ class CreditLedger:
         # arrive (a group commit). Reads overlay the spool, so nothing is missed meanwhile.
         written = [self.spool.put(event) for event in events]
         self._spooled.bump()
+        return self._merge_if_free(written)
+
+    def _merge_if_free(self, written: list[Path]) -> bool:
+        """Merge the spool unless another thread of this process is at it (it takes ``written`` too)."""
         merged = False
         while self._process_lock.acquire(blocking=False):
             try:
@@ -1145,7 +1180,7 @@ class CreditLedger:
             conn.execute("CREATE TEMP TABLE spool_overlay AS SELECT * FROM attempts LIMIT 0")
             replaced, rows = fold_with_stored(conn, spooled)
             insert_rows(conn, "spool_overlay", rows)
-            conn.execute("CREATE TEMP TABLE spool_replaced AS SELECT unnest(?) AS attempt_id", [replaced])
+            conn.execute(f"CREATE TEMP TABLE spool_replaced AS SELECT value AS attempt_id FROM {JSON_TEXTS}", [json_texts(replaced)])
             source = """WITH merged AS (
                     SELECT * FROM attempts WHERE attempt_id NOT IN (SELECT attempt_id FROM spool_replaced)
                     UNION ALL SELECT * FROM spool_overlay),
