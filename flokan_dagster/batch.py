@@ -146,15 +146,19 @@ class BatchRunner:
         self.settle = settle
         self.log: LogFunction = log or _python_log
         self._checks = _SendChecks(ledger, asset, run_id or "")
+        self._merges = _SpoolMerges(ledger)
 
     async def run(self, tasks: list[SkuTask]) -> AsyncIterator[SkuOutcome]:
         """Produce every task concurrently; yield each outcome as soon as it is known."""
         self._checks.expect(tasks)
+        merging = asyncio.ensure_future(self._merges.run())
         pending = {asyncio.ensure_future(self._timed(task)) for task in tasks}
         try:
             for next_done in asyncio.as_completed(pending):
                 yield await next_done
+            await asyncio.to_thread(self.ledger.merge_spooled)
         finally:
+            merging.cancel()
             for future in pending:
                 future.cancel()
 
@@ -276,6 +280,7 @@ class BatchRunner:
             except LedgerLockedError as exc:  # a shared ledger out of reach: no record, so no request
                 raise SkuFailed(str(exc)) from None
             written = True
+            self._merges.wanted()
 
         counter.requests += 1
         try:
@@ -337,7 +342,11 @@ class BatchRunner:
     async def _complete(self, record: AttemptRecord, sku: str, result: ProcessResult | Job, kind: OutcomeKind) -> SkuOutcome:
         """Record a finished job at once (it is paid), then download and store its image."""
         fields = _result_fields(result)
-        await asyncio.to_thread(functools.partial(self.ledger.finish_attempt, record.attempt_id, status="completed", **fields))
+        # Durable in the spool at once (the job is paid); merged into the database with the batch's other records.
+        await asyncio.to_thread(
+            functools.partial(self.ledger.finish_attempt, record.attempt_id, status="completed", merge=False, **fields)
+        )
+        self._merges.wanted()
         return await self._store_result(dataclasses.replace(record, status="completed", **fields), sku, kind)
 
     async def _store_result(self, record: AttemptRecord, sku: str, kind: OutcomeKind) -> SkuOutcome:
@@ -354,10 +363,11 @@ class BatchRunner:
                 f"job {record.job_id} is paid but its image could not be stored ({exc}); the next run downloads it "
                 "again without paying (force=True regenerates)"
             ) from None
-        await asyncio.to_thread(
+        await asyncio.to_thread(functools.partial(
             self.ledger.finish_attempt, record.attempt_id, status="completed",
-            result_path=str(stored.path), result_sha256=stored.sha256,
-        )  # fmt: skip
+            result_path=str(stored.path), result_sha256=stored.sha256, merge=False,
+        ))  # fmt: skip
+        self._merges.wanted()
         record = dataclasses.replace(record, result_path=str(stored.path), result_sha256=stored.sha256)
         return SkuOutcome(sku, kind, record=record, stored=stored)
 
@@ -479,6 +489,37 @@ class _SendChecks:
                 self._checks = await asyncio.to_thread(self.ledger.send_checks, self.asset, self._fingerprints, self.run_id)
                 self._read_at = time.monotonic()
             return self._checks[sku]
+
+
+class _SpoolMerges:
+    """Merges the batch's ledger records into the database in groups, away from every send.
+
+    Each record is durable in the spool the moment it is written (fsync'd and renamed; reads
+    see it at once), so merging it can wait a little. A merge costs about the same for one record
+    as for thirty (open the file, one transaction, a checkpoint on close), and it holds the
+    ledger's lock that the check right before each send also needs: merged one by one, a batch
+    at ten SKUs a second kept that lock busy most of the time. Here one merge takes every record
+    written since the last, at most every ``min_interval_s`` and for at most ``busy_share`` of
+    the time (a slow merge on a busy machine spaces the next one out).
+    """
+
+    def __init__(self, ledger: CreditLedger, min_interval_s: float = 0.5, busy_share: float = 1 / 3) -> None:
+        self.ledger, self.min_interval_s, self.busy_share = ledger, min_interval_s, busy_share
+        self._wanted = asyncio.Event()
+
+    def wanted(self) -> None:
+        """A record was spooled: merge it with the next group."""
+        self._wanted.set()
+
+    async def run(self) -> None:
+        """Merge groups until cancelled (the batch merges what is left when it ends)."""
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            started = time.monotonic()
+            await asyncio.to_thread(self.ledger.merge_spooled)
+            took = time.monotonic() - started
+            await asyncio.sleep(max(self.min_interval_s, took * (1 / self.busy_share - 1)))
 
 
 def _python_log(level: Level, message: str) -> None:
