@@ -17,6 +17,7 @@ Latency is simulated by the emulator; ``--latency-scale`` shortens it (the outpu
 
 Usage:
     python benchmarks/bench_batch.py [--skus 200] [--latency-scale 1.0] [--skip-daemon]
+    python benchmarks/bench_batch.py --cell 600:1 [--cell 600:10 ...]   # only those one-run cells (rate:latency)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import dagster as dg
 import httpx
 from results import result
 from sku_pipeline import SkuPipeline, write_catalog
+from stages import StageTimer, time_batch_stages
 
 from flokan_dagster import SKU_PARTITIONS
 from flokan_dagster.api.client import DEFAULT_MAX_CONCURRENCY
@@ -60,6 +62,7 @@ class Cell:
     rate_limited: bool
     process_calls: int
     refused: int
+    cpu_s: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -94,10 +97,12 @@ def one_run(emulator: EmulatorProcess, work: Path, skus: list[str], rate: int, l
     work.mkdir(parents=True)
     pipeline = SkuPipeline.create(emulator, work, skus, batch_size=len(skus), rate_limit_per_minute=rate)
     emulator.admin.reset_stats()
+    cpu = time.process_time()
     wall = pipeline.materialize()
+    cpu = time.process_time() - cpu
     calls, refused = process_answers(emulator)
     ideal, limited = ideal_s(len(skus), rate, latency_s)
-    return Cell(f"{len(skus)} SKUs, 1 run, {latency_s:g} s, {rate}/min", wall, ideal, limited, calls, refused)
+    return Cell(f"{len(skus)} SKUs, 1 run, {latency_s:g} s, {rate}/min", wall, ideal, limited, calls, refused, cpu)
 
 
 def _run_child(api_key: str, base_url: str, work: str, skus: list[str], batch_size: int, start: Any, out: Any) -> None:
@@ -227,12 +232,38 @@ def per_sku_runs(emulator: EmulatorProcess, work: Path, skus: list[str]) -> floa
     return SkuPipeline.create(emulator, work, skus, batch_size=1).materialize()
 
 
+def machine_load() -> str:
+    """The 1, 5 and 15 minute load averages and the core count, for the output beside the figures."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def parse_cell(text: str) -> tuple[int, float]:
+    """``RATE:LATENCY`` (e.g. ``600:1``) as a (rate per minute, latency in seconds) pair."""
+    try:
+        rate, latency = text.split(":")
+        return int(rate), float(latency)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--cell {text!r}: expected RATE:LATENCY, e.g. 600:1") from None
+
+
 def show(cell: Cell, scale: float) -> None:
     """One line per measured cell."""
     kind = "rate-limited" if cell.rate_limited else f"cap-limited ({DEFAULT_MAX_CONCURRENCY} in flight)"
     note = f" (latency x{scale:g})" if scale != 1 else ""
     print(f"  {cell.label:<58}{note} {cell.wall_s:7.1f} s  ideal {cell.ideal_s:6.1f} s  {cell.ratio:5.0%}  "
           f"429s {cell.refused}/{cell.process_calls} ({cell.refused_share:.1%})  {kind}")  # fmt: skip
+    if cell.cpu_s is not None:  # the run's own process (the emulator's is apart): a figure the machine's load barely moves
+        skus = int(cell.label.split()[0])
+        print(f"    the run's CPU: {cell.cpu_s:.1f} s, {cell.cpu_s / skus * 1000:.0f} ms per SKU (all its threads)")
+
+
+def result_line(cell: Cell, skus: int, rate: int, latency: float) -> None:
+    """The RESULT line of one one-run cell (rate-limited cells against 90 %)."""
+    target, met = (">= 90%", cell.ratio >= 0.90) if cell.rate_limited else ("(cap-limited)", None)
+    result(f"one run of {skus} SKUs at {latency:g} s, {rate}/min, vs N/rate + latency"
+           if cell.rate_limited else f"one run of {skus} SKUs at {latency:g} s, {rate}/min, vs N x latency/64 + latency",
+           f"{cell.ratio:.0%} ({cell.wall_s:.1f} s vs {cell.ideal_s:.1f} s)", target, met)  # fmt: skip
 
 
 def main() -> None:
@@ -242,20 +273,38 @@ def main() -> None:
     parser.add_argument("--latency-scale", type=float, default=1.0, help="multiply every simulated latency")
     parser.add_argument("--per-sku-runs", type=int, default=60, help="SKUs for the one-run-per-SKU comparison")
     parser.add_argument("--skip-daemon", action="store_true", help="leave out the daemon-launched backfill")
+    parser.add_argument("--cell", type=parse_cell, action="append", metavar="RATE:LATENCY",
+                        help="run only this one-run cell (repeatable), e.g. 600:1; prints its figure and stops")  # fmt: skip
+    parser.add_argument("--stages", action="store_true", help="with --cell: print the wall time of each per-SKU stage")
     args = parser.parse_args()
     scale = args.latency_scale
     skus = [f"SKU-{i:04d}" for i in range(args.skus)]
     print(f"{args.skus} SKUs; /process latency simulated by the emulator"
           + (f", scaled by {scale:g} (wall time)" if scale != 1 else " at full length (not scaled)"))  # fmt: skip
+    print(f"machine at start: {machine_load()}")
     cells: dict[tuple[int, float], Cell] = {}
+    wanted = args.cell or [(rate, latency) for rate in RATES_PER_MIN for latency in LATENCIES_S]
     with tempfile.TemporaryDirectory() as tmp, EmulatorProcess(EmulatorConfig(image_size=(64, 64))) as emulator:
         root = Path(tmp)
         print("one run, resource defaults:")
-        for rate in RATES_PER_MIN:
-            for latency in LATENCIES_S:
-                emulator.admin.set_latency(latency_ms=int(latency * scale * 1000))
+        for rate, latency in wanted:
+            emulator.admin.set_latency(latency_ms=int(latency * scale * 1000))
+            timer = StageTimer()
+            if args.stages and args.cell:
+                time_batch_stages(timer)
+                timer.wrap(SkuPipeline, "materialize", "the whole run (materialize)")
+            try:
                 cells[rate, latency] = cell = one_run(emulator, root / f"one-{rate}-{latency:g}", skus, rate, latency * scale)
-                show(cell, scale)
+            finally:
+                timer.restore()
+            show(cell, scale)
+            if timer.seconds:
+                print(f"  wall time per stage (summed over threads; nested stages counted in each):\n{timer.report(len(skus))}")
+        if args.cell:
+            print(f"machine at end: {machine_load()}")
+            for (rate, latency), cell in cells.items():
+                result_line(cell, args.skus, rate, latency)
+            return
         emulator.admin.set_latency(latency_ms=int(SHARED_LATENCY_S * scale * 1000))
         print("several runs on one workspace:")
         shared = runs_at_once(emulator, root / "two-runs", skus, 2, SHARED_RATE, SHARED_LATENCY_S * scale)
@@ -270,11 +319,9 @@ def main() -> None:
     limited = [c for c in cells.values() if c.rate_limited]
     worst = min(limited, key=lambda c: c.ratio)
     print(f"rate-limited cells: worst {worst.ratio:.0%} ({worst.label}); cap-limited cells are reported, not targeted")
+    print(f"machine at end: {machine_load()}")
     for (rate, latency), cell in sorted(cells.items()):
-        target, met = (">= 90%", cell.ratio >= 0.90) if cell.rate_limited else ("(cap-limited)", None)
-        result(f"one run of {args.skus} SKUs at {latency:g} s, {rate}/min, vs N/rate + latency"
-               if cell.rate_limited else f"one run of {args.skus} SKUs at {latency:g} s, {rate}/min, vs N x latency/64 + latency",
-               f"{cell.ratio:.0%} ({cell.wall_s:.1f} s vs {cell.ideal_s:.1f} s)", target, met)  # fmt: skip
+        result_line(cell, args.skus, rate, latency)
     calls = sum(c.process_calls for c in cells.values())
     refused = sum(c.refused for c in cells.values())
     worst_share = max(cells.values(), key=lambda c: c.refused_share)
