@@ -28,7 +28,7 @@ from flokan_dagster.api.models import Job, ProcessResult
 from flokan_dagster.api.retry import utcnow
 from flokan_dagster.background import Level, LogFunction
 from flokan_dagster.catalog import SkuSpec
-from flokan_dagster.image_store import ImageStore, StoredImage
+from flokan_dagster.image_store import ImageStore, StoredImage, thumbnail_data_uri
 from flokan_dagster.ledger import AttemptRecord, CreditLedger, LedgerLockedError
 from flokan_dagster.ledger.store import SendCheck
 from flokan_dagster.settle import (
@@ -85,6 +85,8 @@ class SkuOutcome:
         seconds: Wall time spent on this SKU in this run.
         credits_spent: Credits this run spent on the SKU (0 when reused).
         requests: ``POST /process`` calls made for the SKU in this run.
+        thumbnail: The stored image as a small JPEG ``data:`` URI, made on a worker thread from
+            the downloaded bytes (None: the materialization makes it from the stored file).
     """
 
     sku: str
@@ -95,6 +97,7 @@ class SkuOutcome:
     seconds: float = 0.0
     credits_spent: int = 0
     requests: int = 0
+    thumbnail: str | None = None
 
 
 class SkuFailed(Exception):
@@ -357,7 +360,7 @@ class BatchRunner:
             raise SkuFailed(f"job {record.job_id} completed without a result_url")
         try:
             data = await self.client.download(record.result_url)
-            stored = await asyncio.to_thread(self.store.write, self.asset, sku, data)
+            stored, thumbnail = await asyncio.to_thread(self._store_with_thumbnail, sku, data)
         except (FlokanError, ValueError, OSError) as exc:
             raise SkuFailed(
                 f"job {record.job_id} is paid but its image could not be stored ({exc}); the next run downloads it "
@@ -369,7 +372,16 @@ class BatchRunner:
         ))  # fmt: skip
         self._merges.wanted()
         record = dataclasses.replace(record, result_path=str(stored.path), result_sha256=stored.sha256)
-        return SkuOutcome(sku, kind, record=record, stored=stored)
+        return SkuOutcome(sku, kind, record=record, stored=stored, thumbnail=thumbnail)
+
+    def _store_with_thumbnail(self, sku: str, data: bytes) -> tuple[StoredImage, str | None]:
+        """Store ``data``, and make its thumbnail while the bytes are at hand (a worker thread, not
+        the step's, which handles every SKU's Dagster events in turn)."""
+        stored = self.store.write(self.asset, sku, data)
+        try:
+            return stored, thumbnail_data_uri(data)
+        except (OSError, ValueError):  # stored and decodable, so unexpected: the materialization tries again
+            return stored, None
 
     async def _adopt(self, record: AttemptRecord, sku: str, verdict: Settlement) -> SkuOutcome:
         """Settle an unknown attempt onto its finished job, or leave it unknown to be settled later."""
