@@ -114,7 +114,7 @@ def time_batch_stages(timer: StageTimer) -> None:
     ]:
         timer.wrap(owner, attribute)
     timer.wrap(assets, "sku_materialization", "assets.sku_materialization (thumbnail)")
-    timer.wrap(assets, "_log_progress", "assets._log_progress (Dagster log)")
+    timer.wrap(assets._ProgressLog, "add", "assets._ProgressLog.add (run log)")
 
     original = assets.iterate_in_thread
 
