@@ -71,6 +71,9 @@ def project(tmp_path: Path, workspace: Workspace, admin: Admin) -> tuple[Path, d
     return root, env
 
 
+# Seven `dg` processes one after another, each loading Dagster and the project: on a busy machine
+# (load ~15) the whole took more than the suite's 300 s default. Each step keeps its own 240 s bound.
+@pytest.mark.timeout(1200)
 def test_scaffold_two_instances_check_list_and_launch(project: tuple[Path, dict[str, str]], workspace: Workspace) -> None:
     root, env = project
     component = "flokan_dagster.FlokanImagesComponent"
