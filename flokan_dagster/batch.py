@@ -149,7 +149,7 @@ class BatchRunner:
         self.settle = settle
         self.log: LogFunction = log or _python_log
         self._checks = _SendChecks(ledger, asset, run_id or "")
-        self._merges = _SpoolMerges(ledger)
+        self._merges = _SpoolMerges(ledger, after=self._checks.read_done)
 
     async def run(self, tasks: list[SkuTask]) -> AsyncIterator[SkuOutcome]:
         """Produce every task concurrently; yield each outcome as soon as it is known."""
@@ -488,6 +488,8 @@ class _SendChecks:
         self._checks: dict[str, SendCheck] = {}
         self._read_at = -float("inf")
         self._lock = asyncio.Lock()
+        #: Set as each read ends: the batch's merges go right after one, not in the way of the next.
+        self.read_done = asyncio.Event()
 
     def expect(self, tasks: list[SkuTask]) -> None:
         """The SKUs (and fingerprints) the batch may send."""
@@ -500,6 +502,7 @@ class _SendChecks:
             if self._read_at < asked - self.fresh_s or sku not in self._checks:
                 self._checks = await asyncio.to_thread(self.ledger.send_checks, self.asset, self._fingerprints, self.run_id)
                 self._read_at = time.monotonic()
+                self.read_done.set()
             return self._checks[sku]
 
 
@@ -512,12 +515,16 @@ class _SpoolMerges:
     ledger's lock that the check right before each send also needs: merged one by one, a batch
     at ten SKUs a second kept that lock busy most of the time. Here one merge takes every record
     written since the last, at most every ``min_interval_s`` and for at most ``busy_share`` of
-    the time (a slow merge on a busy machine spaces the next one out).
+    the time (a slow merge on a busy machine spaces the next one out), each right after a
+    send-time read ends (``after``) so that the next read finds the ledger free and the spool short.
     """
 
-    def __init__(self, ledger: CreditLedger, min_interval_s: float = 0.5, busy_share: float = 1 / 3) -> None:
+    def __init__(
+        self, ledger: CreditLedger, min_interval_s: float = 0.5, busy_share: float = 1 / 3, after: asyncio.Event | None = None
+    ) -> None:
         self.ledger, self.min_interval_s, self.busy_share = ledger, min_interval_s, busy_share
         self._wanted = asyncio.Event()
+        self._after = after
 
     def wanted(self) -> None:
         """A record was spooled: merge it with the next group."""
@@ -527,6 +534,14 @@ class _SpoolMerges:
         """Merge groups until cancelled (the batch merges what is left when it ends)."""
         while True:
             await self._wanted.wait()
+            if self._after is not None:
+                # Sends wait for the send-time read, and a read waits for a merge in progress: so a
+                # merge goes right after a read ends (or after a short wait when no read comes).
+                self._after.clear()
+                try:
+                    await asyncio.wait_for(self._after.wait(), timeout=2 * self.min_interval_s)
+                except TimeoutError:
+                    pass
             self._wanted.clear()
             started = time.monotonic()
             await asyncio.to_thread(self.ledger.merge_spooled)
