@@ -544,7 +544,10 @@ class _SpoolMerges:
                     pass
             self._wanted.clear()
             started = time.monotonic()
-            await asyncio.to_thread(self.ledger.merge_spooled)
+            try:
+                await asyncio.to_thread(self.ledger.merge_spooled)
+            except Exception:  # the records stay durable in the spool; the batch's last merge reports it
+                logger.warning("merging the batch's spooled ledger records failed; trying again later", exc_info=True)
             took = time.monotonic() - started
             await asyncio.sleep(max(self.min_interval_s, took * (1 / self.busy_share - 1)))
 
