@@ -368,3 +368,12 @@ def test_merging_the_same_events_again_keeps_the_earliest_copy(ledger: CreditLed
     assert jobs == (1,)
     row = ledger.get_attempt("a-replay")
     assert row is not None and (row.status, row.job_id, row.credits_consumed) == ("completed", "job-replay", 20)
+
+
+def test_ledger_connections_draw_no_progress_bar(ledger: CreditLedger) -> None:
+    """DuckDB draws a progress bar on stdout for a statement over two seconds (a write waiting for
+    another machine's merge): it would land in run logs and in the stdout of programs."""
+    begin(ledger)
+    for read_only in (False, True):
+        with open_database(ledger.database, read_only=read_only) as conn:
+            assert conn.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (False,)

@@ -109,7 +109,9 @@ def open_database(database: str, *, read_only: bool) -> duckdb.DuckDBPyConnectio
         LedgerBackendError: The postgres extension is not available.
     """
     if not is_postgres(database):
-        return duckdb.connect(database, read_only=read_only)
+        conn = duckdb.connect(database, read_only=read_only)
+        quiet(conn)
+        return conn
     with _PARENTS_LOCK:
         parent = _PARENTS.get(database)
         if parent is None:
@@ -121,6 +123,7 @@ def open_database(database: str, *, read_only: bool) -> duckdb.DuckDBPyConnectio
             _forget(database)
             raise
     try:
+        quiet(conn)
         conn.execute(f"USE {ATTACHED_NAME}")
         # Tables in PostgreSQL first, then the cost views kept in the in-memory DuckDB.
         conn.execute(f"SET search_path = '{ATTACHED_NAME}.public,memory.main'")
@@ -232,6 +235,7 @@ def _attach(database: str) -> duckdb.DuckDBPyConnection:
     # and must find the tables (it writes nothing else).
     conn = duckdb.connect()
     try:
+        quiet(conn)  # it creates the tables, waiting for other machines' merges
         _load_postgres_extension(conn)
         conn.execute(f"ATTACH '{_quote(database)}' AS {ATTACHED_NAME} (TYPE postgres)")
         conn.execute(f"USE {ATTACHED_NAME}")
@@ -242,6 +246,16 @@ def _attach(database: str) -> duckdb.DuckDBPyConnection:
         conn.close()
         raise
     return conn
+
+
+def quiet(conn: duckdb.DuckDBPyConnection) -> None:
+    """Turn off DuckDB's progress bar on a ledger connection.
+
+    DuckDB draws it on the process's stdout for any statement running over two seconds, which a
+    ledger write does when it waits for another machine's merge or a busy file: it would land in
+    a run's logs, or in the output of a program whose stdout is data.
+    """
+    conn.execute("SET enable_progress_bar = false")  # a setting of each connection (cursor)
 
 
 def _forget(database: str) -> None:
