@@ -16,7 +16,7 @@ from typing import Final
 
 import duckdb
 
-from flokan_dagster.ledger.backend import serialize_writers, uses_postgres
+from flokan_dagster.ledger.backend import execute_in_postgres, serialize_writers, uses_postgres
 from flokan_dagster.ledger.claims import CLAIMS_TABLE
 
 SCHEMA_VERSION: Final = 1
@@ -216,6 +216,13 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION])
 
 
+# The columns the ledger looks rows up by (merges, planning reads, claims).
+_LOOKUPS: Final = (
+    ("attempts", "attempt_id"), ("attempts", "job_id"), ("attempts", "sku"),
+    ("attempt_events", "attempt_id"), ("attempt_jobs", "job_id"), ("claims", "sku"),
+)  # fmt: skip
+
+
 def _ensure_postgres_schema(conn: duckdb.DuckDBPyConnection) -> None:
     """The shared backend: tables in PostgreSQL, views in the attaching in-memory DuckDB.
 
@@ -234,6 +241,14 @@ def _ensure_postgres_schema(conn: duckdb.DuckDBPyConnection) -> None:
         # Writes look attempts up by job id (one job, one row); PostgreSQL needs the index to
         # answer that without reading the table.
         conn.execute("CREATE INDEX IF NOT EXISTS attempts_by_job ON attempts (job_id)")
+        # DuckDB pushes a filter on one value down as `column = 'x' COLLATE "C"`, which an index
+        # in the database's own collation (C.UTF-8, en_US.UTF-8, ...) cannot answer: PostgreSQL
+        # would read the whole table for every lookup a merge or a run makes, growing with the
+        # ledger. Indexes in the "C" collation answer them.
+        execute_in_postgres(conn, [
+            f'CREATE INDEX IF NOT EXISTS {table}_{column}_c ON {table} ({column} COLLATE "C")'
+            for table, column in _LOOKUPS
+        ])  # fmt: skip
         found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
         version = found[0] if found else None
         if version is None:
