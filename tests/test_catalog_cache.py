@@ -11,17 +11,8 @@ import os
 from pathlib import Path
 
 from flokan_dagster.catalog import CatalogFile, CatalogMapping
+from tests.test_scale_queries import CATALOG  # messy on purpose: padding, a duplicate, a bad key, blanks
 
-CATALOG = """sku,title,tier
-A-1,a mug,pro
-B-2,a cup,ultra
- Café-3 ,a vase,
-A-1,again,
-D|4,bad key,
-E-5,,
-,,
-F-6,a bag,creative
-"""
 MAPPING = CatalogMapping(prompt_template="photo of {title}", tier_column="tier")
 
 
