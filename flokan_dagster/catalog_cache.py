@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -38,21 +39,25 @@ FORMAT_VERSION: Final = 1
 _DATABASE_SUFFIXES: Final = (".duckdb", ".db")
 
 
-def default_cache_dir() -> Path:
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """Where sidecars go: ``$FLOKAN_CATALOG_CACHE``, else ``$FLOKAN_DATA_DIR/cache/catalogs``, else
-    ``$XDG_CACHE_HOME/flokan-dagster/catalogs`` (``~/.cache`` by default).
+    ``$XDG_CACHE_HOME/flokan-dagster/catalogs`` (``~/.cache`` by default), read from ``environ``
+    (the process's environment unless given).
 
     Example:
-        >>> default_cache_dir().name
-        'catalogs'
+        >>> default_cache_dir({"FLOKAN_DATA_DIR": "/srv/flokan"}).as_posix()
+        '/srv/flokan/cache/catalogs'
+        >>> default_cache_dir({"XDG_CACHE_HOME": "/var/cache"}).as_posix()
+        '/var/cache/flokan-dagster/catalogs'
     """
-    explicit = os.environ.get("FLOKAN_CATALOG_CACHE")
+    env = os.environ if environ is None else environ
+    explicit = env.get("FLOKAN_CATALOG_CACHE")
     if explicit:
         return Path(explicit)
-    data_dir = os.environ.get("FLOKAN_DATA_DIR")
+    data_dir = env.get("FLOKAN_DATA_DIR")
     if data_dir:
         return Path(data_dir) / "cache" / "catalogs"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "flokan-dagster" / "catalogs"
 
 
