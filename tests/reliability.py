@@ -82,8 +82,9 @@ def build_pipeline(
     defs = dg.Definitions(
         assets=[asset],
         resources={
-            "flokan": FlokanResource(api_key=api_key, base_url=base_url, backoff_base_s=0.01,
-                                     max_concurrency=max_concurrency),  # fmt: skip
+            "flokan": FlokanResource(
+                api_key=api_key, base_url=base_url, backoff_base_s=0.01, max_concurrency=max_concurrency
+            ),  # fmt: skip
             "flokan_ledger": FlokanLedgerResource(database=database),
             "flokan_images": ImageStoreResource(directory=str(directory / "images")),
         },
@@ -91,6 +92,35 @@ def build_pipeline(
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(SKU_PARTITIONS.name, skus)
     return Pipeline(directory, api_key, base_url, defs, instance, CreditLedger(database))
+
+
+def run_outcomes(
+    result: dg.ExecuteInProcessResult, *, unnamed_failures_ok: bool = False
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Per SKU of one run: the outcome it materialized with, and the reason it failed by name.
+
+    Checks what every reliability test relies on: each step failure names its SKUs (in its
+    ``flokan/failed_skus`` metadata and, with the reason, in its description), every reason is
+    non-empty, and no SKU both materialized and failed. ``unnamed_failures_ok`` lets through a
+    failure that is not the asset's own (a test that breaks the step from outside), which names none.
+    """
+    made = {
+        e.event_specific_data.materialization.partition: e.event_specific_data.materialization.metadata["flokan/outcome"].value  # type: ignore[union-attr]
+        for e in result.get_asset_materialization_events()
+    }
+    failed: dict[str, str] = {}
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data.user_failure_data
+        if data is None and unnamed_failures_ok:
+            continue
+        assert data is not None, f"a step failed without naming its SKUs: {event.step_failure_data.error}"
+        named: dict[str, str] = data.metadata["flokan/failed_skus"].value  # type: ignore[assignment]
+        for sku, reason in named.items():
+            assert reason, f"{sku} failed without a reason"
+            assert f"- {sku}: {reason}" in (data.description or ""), f"{sku} is not named in the failure's description"
+        failed.update(named)
+    assert not set(made) & set(failed), "a SKU both materialized and failed"
+    return made, failed  # type: ignore[return-value]
 
 
 def charged_jobs(pipeline: Pipeline) -> dict[str, int]:

@@ -28,6 +28,7 @@ from tests.reliability import (
     charges_per_prompt,
     ledger_charges,
     prompt_of,
+    run_outcomes,
     sku_names,
 )
 from tests.support import Admin
@@ -46,23 +47,9 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
         yield Admin.of(server)
 
 
-def run_outcomes(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], dict[str, str]]:
-    """Per SKU of one run: the outcome it materialized with, and the failure reason named for it."""
-    made = {
-        e.event_specific_data.materialization.partition: e.event_specific_data.materialization.metadata["flokan/outcome"].value  # type: ignore[union-attr]
-        for e in result.get_asset_materialization_events()
-    }
-    failed: dict[str, str] = {}
-    for event in result.get_step_failure_events():
-        data = event.step_failure_data.user_failure_data
-        assert data is not None, f"a step failed without naming its SKUs: {event.step_failure_data.error}"
-        failed.update(data.metadata["flokan/failed_skus"].value)  # type: ignore[arg-type]
-        for sku, reason in failed.items():
-            assert f"- {sku}: {reason}" in (data.description or "")
-    return made, failed  # type: ignore[return-value]
-
-
-def check_every_sku_has_an_outcome(results: list[dg.ExecuteInProcessResult], skus: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+def check_every_sku_has_an_outcome(
+    results: list[dg.ExecuteInProcessResult], skus: list[str]
+) -> tuple[dict[str, str], dict[str, str]]:
     """Each run accounts for each of its SKUs exactly once: materialized, or failed by name with a reason."""
     made_all: dict[str, str] = {}
     failed_all: dict[str, str] = {}
@@ -71,9 +58,7 @@ def check_every_sku_has_an_outcome(results: list[dg.ExecuteInProcessResult], sku
     for result, (first, last) in zip(results, ranges, strict=True):
         expected = {s for s in skus if first <= s <= last}
         made, failed = run_outcomes(result)
-        assert not set(made) & set(failed), "a SKU both materialized and failed"
         assert set(made) | set(failed) == expected
-        assert all(reason for reason in failed.values())
         assert result.success == (not failed)
         made_all.update(made)
         failed_all.update(failed)

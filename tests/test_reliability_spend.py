@@ -29,7 +29,17 @@ from flokan_dagster.emulator import EmulatorConfig, EmulatorServer
 from flokan_dagster.image_store import ImageStore
 from flokan_dagster.reconcile import reconcile
 from flokan_dagster.runs import materialize_skus
-from tests.reliability import ASSET, Pipeline, build_pipeline, charged_jobs, ledger_charges, prompt_of, sku_names, write_catalog
+from tests.reliability import (
+    ASSET,
+    Pipeline,
+    build_pipeline,
+    charged_jobs,
+    ledger_charges,
+    prompt_of,
+    run_outcomes,
+    sku_names,
+    write_catalog,
+)
 from tests.support import Admin, Workspace, sigkill_when, wait_for
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -55,25 +65,9 @@ def workspace(admin: Admin) -> Workspace:
     return admin.workspace(credits=1_000_000)
 
 
-def outcomes(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], dict[str, str]]:
-    """Per SKU of one run: the outcome it materialized with, or the reason it failed by name."""
-    made = {
-        e.event_specific_data.materialization.partition: e.event_specific_data.materialization.metadata["flokan/outcome"].value  # type: ignore[union-attr]
-        for e in result.get_asset_materialization_events()
-    }
-    failed: dict[str, str] = {}
-    for event in result.get_step_failure_events():
-        data = event.step_failure_data.user_failure_data
-        assert data is not None, f"a step failed without naming its SKUs: {event.step_failure_data.error}"
-        failed.update(data.metadata["flokan/failed_skus"].value)  # type: ignore[arg-type]
-    assert not set(made) & set(failed), "a SKU both materialized and failed"
-    assert all(reason for reason in failed.values())
-    return made, failed  # type: ignore[return-value]
-
-
 def accounted(result: dg.ExecuteInProcessResult, skus: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     """Every SKU of the run made, adopted, reused or failed by name."""
-    made, failed = outcomes(result)
+    made, failed = run_outcomes(result)
     assert set(made) | set(failed) == set(skus)
     assert set(made.values()) <= {"made", "adopted", "reused"}
     return made, failed
@@ -92,7 +86,6 @@ def check_accounts(pipeline: Pipeline, workspace: Workspace) -> None:
     assert all(r.origin != "external" for r in owners.values()), "a charged job no SKU owns"
     per_sku = Counter((r.asset, r.sku) for r in owners.values())
     assert max(per_sku.values(), default=0) == 1, f"a SKU paid twice: {per_sku.most_common(3)}"
-
 
 
 # -- 1. clock skew ---------------------------------------------------------------------------------
