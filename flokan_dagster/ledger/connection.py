@@ -29,6 +29,7 @@ from typing import Final
 import duckdb
 
 from flokan_dagster.ledger.backend import is_unreachable, open_database
+from flokan_dagster.ledger.checkpoints import close_ledger, defer_checkpoint
 from flokan_dagster.ledger.locking import LedgerFileLock, LockNoLongerNeeded, LockTimeout
 
 # MotherDuck and the shared PostgreSQL backend: connection strings, not files; never logged as is.
@@ -212,8 +213,9 @@ def locked_connection(
 
     The lock is exclusive for a read-write connection and shared for a read-only one, and it is
     held until the block ends, *after* the connection is closed: closing a read-write connection
-    checkpoints, and whatever the caller does after closing (deleting merged spool files) must
-    also happen before another process may open the file. The caller holds the in-process lock.
+    may checkpoint (``checkpoints``: when its WAL is due), and whatever the caller does after
+    closing (deleting merged spool files) must also happen before another process may open the
+    file. The caller holds the in-process lock.
 
     Yields:
         The connection, or None if ``no_longer_needed()`` became true while waiting.
@@ -240,7 +242,20 @@ def locked_connection(
             no_longer_needed=no_longer_needed,
         )
         try:
+            if conn is not None and not read_only and database_file(database) is not None:
+                defer_checkpoint(conn)
             yield conn
         finally:
             if conn is not None:
-                conn.close()
+                release(conn, database, read_only=read_only)
+
+
+def release(conn: duckdb.DuckDBPyConnection, database: str, *, read_only: bool) -> None:
+    """Close a ledger connection; one to a file checkpoints first when its WAL is due (``checkpoints``).
+
+    The caller holds the ledger lock (exclusive for a read-write connection). Closing twice is allowed.
+    """
+    if database_file(database) is None:
+        conn.close()
+    else:
+        close_ledger(conn, database, read_only=read_only)

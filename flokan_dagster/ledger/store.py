@@ -35,6 +35,7 @@ from flokan_dagster.ledger.connection import (
     is_remote,
     locked_connection,
     process_lock,
+    release,
     spool_counter,
 )
 from flokan_dagster.ledger.journal import JSON_TEXTS, apply_events, fold_with_stored, insert_rows, json_texts
@@ -1085,8 +1086,8 @@ class CreditLedger:
     def _merge_spool(self, written: list[Path] | None = None) -> bool:
         """Apply every spooled event in one transaction; the one place the ledger writes DuckDB.
 
-        Under the exclusive ledger lock: open read-write, apply the spool, commit, close (which
-        checkpoints), and only then delete the merged spool files, so no other process can see
+        Under the exclusive ledger lock: open read-write, apply the spool, commit (durable in the
+        WAL), close (checkpointing when due), and only then delete the merged spool files, so no other process can see
         the file between a commit and the removal of what it applied, or apply the same files in
         a transaction of its own at the same time.
 
@@ -1112,7 +1113,7 @@ class CreditLedger:
                 pending = self.spool.pending()
                 if pending:
                     apply_events(conn, [event for _, event in pending])
-                conn.close()
+                release(conn, self.database, read_only=False)
                 self.spool.remove([path for path, _ in pending])
             return True
         except LedgerLockedError:
