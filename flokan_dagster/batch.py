@@ -511,7 +511,7 @@ class _SpoolMerges:
 
     Each record is durable in the spool the moment it is written (fsync'd and renamed; reads
     see it at once), so merging it can wait a little. A merge costs about the same for one record
-    as for thirty (open the file, one transaction, a checkpoint on close), and it holds the
+    as for thirty (open the file, one transaction, a checkpoint when one is due), and it holds the
     ledger's lock that the check right before each send also needs: merged one by one, a batch
     at ten SKUs a second kept that lock busy most of the time. Here one merge takes every record
     written since the last, at most every ``min_interval_s`` and for at most ``busy_share`` of

@@ -11,7 +11,7 @@ spool files were already deleted. Plain ``connect, insert, close`` loops in four
 rows this way on a busy machine, without any ledger code involved.
 
 So every ledger open first takes this lock on a side file (``<database>.lock``): exclusive for a
-read-write open and everything done under it (merging the spool, closing, which checkpoints, and
+read-write open and everything done under it (merging the spool, checkpointing when due, closing, and
 deleting merged spool files), shared for a read-only open. The DuckDB header is then only ever
 read while no ledger process can be writing the file. ``flock`` locks belong to one open file
 description, so unlike ``fcntl`` record locks they are not dropped when some other descriptor of
@@ -19,8 +19,9 @@ the same file is closed in this process. The lock is re-entrant for the thread h
 ledger's in-process lock; it is released when the process dies, however it dies.
 
 Processes that open the DuckDB file read-write without this lock (an analyst's notebook) are
-still excluded by DuckDB's own lock while they hold the file; only their *writes* could race, so
-write to the ledger only through ``CreditLedger``.
+still excluded by DuckDB's own lock while they hold the file; only their *writes* could race
+(closing a read-write connection is one: it folds the write-ahead log into the file), so open the
+ledger read-write only through ``CreditLedger``.
 
 Example:
     >>> import tempfile, os

@@ -3,7 +3,7 @@
 Everything is ``CREATE ... IF NOT EXISTS`` so opening an existing ledger is a no-op. Views are
 plain SQL over ``attempts`` so analysts can query them from any DuckDB client, e.g.::
 
-    duckdb ledger.duckdb "SELECT * FROM credits_by_day ORDER BY day DESC LIMIT 7"
+    duckdb -readonly ledger.duckdb "SELECT * FROM credits_by_day ORDER BY day DESC LIMIT 7"
 
 Credits are attributed to the day (UTC) a job was created, falling back to when /process was
 sent and then to when the attempt was recorded. "platform" is Flokan's own keys (credits are
