@@ -3,7 +3,8 @@
 - Per-attempt write latency (``begin_attempt`` + ``finish_attempt``) on each ledger backend (a
   DuckDB file; PostgreSQL attached by DuckDB), one writer alone and 8 writer processes at once,
   and one writer on a ledger that already holds 200,000 attempts and their journal (a write must
-  not grow with the ledger).
+  not grow with the ledger). On that DuckDB file, the read-side price of the deferred checkpoint
+  (``ledger/checkpoints.py``): a read with no WAL against one with the WAL near its limit.
 - The cost report (``cost_summary``) over 1,000,000 ledger rows on each backend.
 - The image store: seconds per image uploaded to an S3-compatible server (moto) against a write
   to a local directory.
@@ -42,6 +43,7 @@ from results import result  # noqa: E402
 from flokan_dagster.image_store import ImageStore  # noqa: E402
 from flokan_dagster.ledger import CreditLedger, cost_summary  # noqa: E402
 from flokan_dagster.ledger.backend import open_database, postgres_extension_path  # noqa: E402
+from flokan_dagster.ledger.checkpoints import wal_limit, wal_path  # noqa: E402
 from flokan_dagster.ledger.schema import ensure_schema  # noqa: E402
 from tests.servers import fresh_database, script_env  # noqa: E402
 
@@ -165,6 +167,35 @@ def build_grown_ledger(database: str, rows: int) -> None:
             conn.execute("CHECKPOINT")
 
 
+def wal_read_cost(database: str, spools: Path) -> tuple[float, float, int]:
+    """Median ms of a ledger read with no WAL, then with the WAL written up to near its limit
+    (what the deferred checkpoint costs every reader at worst), and that WAL's size in bytes."""
+    with duckdb.connect(database) as conn:
+        conn.execute("CHECKPOINT")
+    ledger = CreditLedger(database, spool_dir=spools / "wal-read")
+
+    def read_ms() -> float:
+        times = []
+        for _ in range(9):
+            started = time.perf_counter()
+            ledger.get_attempt("no-such-attempt")
+            times.append(time.perf_counter() - started)
+        return statistics.median(times) * 1000
+
+    bare = read_ms()
+    wal = Path(wal_path(database))
+    growth = 0
+    for n in range(1000):
+        before = wal.stat().st_size if wal.exists() else 0
+        if before + 2 * growth > wal_limit(database):
+            break
+        aid = ledger.begin_attempt(asset="images", sku=f"wal-{n}", prompt="p", model_tier="pro", estimated_credits=50)
+        ledger.finish_attempt(aid, status="completed", job_id=f"job-wal-{n}", credits_consumed=50)
+        growth = max(growth, (wal.stat().st_size if wal.exists() else 0) - before)
+    size = wal.stat().st_size if wal.exists() else 0
+    return bare, read_ms(), size
+
+
 def png(size: int, seed: int) -> bytes:
     """A noisy RGB PNG (noise keeps it near a real photo's size after compression)."""
     rng = random.Random(seed)
@@ -210,6 +241,12 @@ def main() -> None:
             print(f"{label:12} 1 writer, {args.grown:,} attempts already: begin+finish median {median:.0f} ms, p95 {p95:.0f} ms")
             result(f"ledger write begin+finish, {label}, 1 writer, {args.grown:,} attempts already",
                    f"{median:.0f} ms median, {p95:.0f} ms p95", f"< {WRITE_TARGET_MS:.0f} ms", ok)
+            if label == "duckdb file":
+                bare, full, wal = wal_read_cost(database, work / "spools-grown")
+                print(f"{label:12} a read on {args.grown:,} attempts: {bare:.0f} ms with no WAL, {full:.0f} ms with "
+                      f"{wal / 1024:.0f} KiB of WAL (its limit {wal_limit(database) / 1024:.0f} KiB)")
+                result(f"ledger read (open, one lookup, close), duckdb file, {args.grown:,} attempts, WAL empty / near its limit",
+                       f"{bare:.0f} ms / {full:.0f} ms ({wal / 1024:.0f} KiB)")
 
         report_s: dict[str, float] = {}
         for label, make in backends.items() if "report" in parts else ():
