@@ -9,7 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
+
 from flokan_dagster.ledger import CreditLedger
+from flokan_dagster.ledger.checkpoints import wal_limit, wal_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,11 +56,36 @@ def lock_held(database: str, seconds: float) -> Iterator[subprocess.Popen[str]]:
         holder.wait(timeout=seconds + 30)
 
 
-def writers_against_a_held_file(database: str, workers: int, per_worker: int, hold_s: float) -> tuple[list[str], int]:
+def grow_file(database: str, mib: int) -> None:
+    """Pad the ledger file ``database`` to about ``mib`` MiB with a table of its own, so that it is
+    large enough for the ledger to keep a WAL between checkpoints (``ledger/checkpoints.py``)."""
+    with duckdb.connect(database) as conn:
+        conn.execute(
+            "CREATE TABLE padding AS SELECT md5(i::VARCHAR) || md5((i + 1)::VARCHAR) AS x FROM range(?) t(i)",
+            [mib * 28_000],
+        )
+
+
+def writers_against_a_held_file(
+    database: str, workers: int, per_worker: int, hold_s: float, *, grown_mib: int = 0
+) -> tuple[list[str], int]:
     """Run ``workers`` writer processes of ``per_worker`` attempts each (``begin_attempt`` then
     ``finish_attempt``) while the file is held for ``hold_s``; merge every spooled event and check
-    each row field by field. Returns (problems found, writer processes that crashed)."""
+    each row field by field. Returns (problems found, writer processes that crashed).
+
+    ``grown_mib`` pads the file first (:func:`grow_file`) and records one attempt (``seed``) that
+    stays in the WAL: the holder's read-write open replays it and its close checkpoints it, outside
+    the ledger's lock (as an analyst's read-write session would), while the writers, which keep
+    their commits in the WAL too, are trying to open the file.
+    """
     CreditLedger(database).flush_spool()
+    seeded = 0
+    if grown_mib:
+        grow_file(database, grown_mib)
+        assert wal_limit(database) > 0, "the padded file is too small for the ledger to keep a WAL"
+        CreditLedger(database).begin_attempt(asset="images", sku="seed", prompt="p", model_tier="pro", attempt_id="seed")
+        assert Path(wal_path(database)).stat().st_size > 0, "the seed attempt should wait in the WAL"
+        seeded = 1
     with lock_held(database, hold_s):
         procs = [
             subprocess.Popen([sys.executable, "-c", _WRITER, database, f"w{w}", str(per_worker)],
@@ -82,8 +110,10 @@ def writers_against_a_held_file(database: str, workers: int, per_worker: int, ho
         rows = {r.attempt_id: r for r in ledger.attempts_for()}
     except Exception as exc:  # a damaged database is exactly what the scenario looks for
         return [*problems, f"ledger unreadable: {type(exc).__name__}: {exc}"], crashes
-    if len(rows) != workers * per_worker:
-        problems.append(f"{len(rows)} rows, expected {workers * per_worker}")
+    if len(rows) != workers * per_worker + seeded:
+        problems.append(f"{len(rows)} rows, expected {workers * per_worker + seeded}")
+    if seeded and (rows.get("seed") is None or (rows["seed"].status, rows["seed"].sku) != ("pending", "seed")):
+        problems.append(f"the seed attempt is {rows.get('seed')}")
     for w in range(workers):
         for i in range(per_worker):
             row = rows.get(f"w{w}-{i}")
