@@ -43,7 +43,7 @@ from results import result  # noqa: E402
 from flokan_dagster.image_store import ImageStore  # noqa: E402
 from flokan_dagster.ledger import CreditLedger, cost_summary  # noqa: E402
 from flokan_dagster.ledger.backend import open_database, postgres_extension_path  # noqa: E402
-from flokan_dagster.ledger.checkpoints import wal_limit, wal_path  # noqa: E402
+from flokan_dagster.ledger.checkpoints import wal_bytes, wal_limit  # noqa: E402
 from flokan_dagster.ledger.schema import ensure_schema  # noqa: E402
 from tests.servers import fresh_database, script_env  # noqa: E402
 
@@ -183,17 +183,15 @@ def wal_read_cost(database: str, spools: Path) -> tuple[float, float, int]:
         return statistics.median(times) * 1000
 
     bare = read_ms()
-    wal = Path(wal_path(database))
     growth = 0
     for n in range(1000):
-        before = wal.stat().st_size if wal.exists() else 0
+        before = wal_bytes(database)
         if before + 2 * growth > wal_limit(database):
             break
         aid = ledger.begin_attempt(asset="images", sku=f"wal-{n}", prompt="p", model_tier="pro", estimated_credits=50)
         ledger.finish_attempt(aid, status="completed", job_id=f"job-wal-{n}", credits_consumed=50)
-        growth = max(growth, (wal.stat().st_size if wal.exists() else 0) - before)
-    size = wal.stat().st_size if wal.exists() else 0
-    return bare, read_ms(), size
+        growth = max(growth, wal_bytes(database) - before)
+    return bare, read_ms(), wal_bytes(database)
 
 
 def png(size: int, seed: int) -> bytes:

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 
 from flokan_dagster.ledger import CreditLedger
-from flokan_dagster.ledger.checkpoints import wal_limit, wal_path
+from flokan_dagster.ledger.checkpoints import wal_bytes, wal_limit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,7 @@ def writers_against_a_held_file(
         grow_file(database, grown_mib)
         assert wal_limit(database) > 0, "the padded file is too small for the ledger to keep a WAL"
         CreditLedger(database).begin_attempt(asset="images", sku="seed", prompt="p", model_tier="pro", attempt_id="seed")
-        assert Path(wal_path(database)).stat().st_size > 0, "the seed attempt should wait in the WAL"
+        assert wal_bytes(database) > 0, "the seed attempt should wait in the WAL"
         seeded = 1
     with lock_held(database, hold_s):
         procs = [

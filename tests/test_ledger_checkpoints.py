@@ -12,7 +12,6 @@ The limit grows with the file (16 MiB before any WAL is kept); tests that need a
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
 import textwrap
@@ -21,16 +20,9 @@ from pathlib import Path
 import pytest
 
 from flokan_dagster.ledger import CreditLedger, checkpoints
-from flokan_dagster.ledger.checkpoints import wal_limit, wal_path
+from flokan_dagster.ledger.checkpoints import wal_bytes, wal_limit
 
 PROJECT = Path(__file__).resolve().parent.parent
-
-
-def wal_size(database: Path) -> int:
-    try:
-        return os.path.getsize(wal_path(str(database)))
-    except FileNotFoundError:
-        return 0
 
 
 def test_a_commit_only_in_the_wal_survives_a_sigkilled_writer_and_is_read_by_another_process(tmp_path: Path) -> None:
@@ -53,7 +45,7 @@ def test_a_commit_only_in_the_wal_survives_a_sigkilled_writer_and_is_read_by_ano
     )
     assert done.returncode == -9, done.stderr
     attempt_id = done.stdout.strip()
-    assert wal_size(database) > 0, "the writer's commits should still be in the WAL (no checkpoint was due)"
+    assert wal_bytes(str(database)) > 0, "the writer's commits should still be in the WAL (no checkpoint was due)"
     reader = textwrap.dedent(
         """
         import sys
@@ -74,9 +66,9 @@ def test_a_small_ledger_checkpoints_at_every_close(tmp_path: Path) -> None:
     ledger = CreditLedger(str(database))
     for i in range(3):
         aid = ledger.begin_attempt(asset="images", sku=f"SKU-{i}", prompt="p", model_tier="pro")
-        assert wal_size(database) == 0
+        assert wal_bytes(str(database)) == 0
         ledger.finish_attempt(aid, status="completed", job_id=f"job-{i}", credits_consumed=50)
-        assert wal_size(database) == 0
+        assert wal_bytes(str(database)) == 0
 
 
 def test_the_wal_is_checkpointed_once_past_its_limit_and_never_left_beyond_it(
@@ -88,9 +80,9 @@ def test_the_wal_is_checkpointed_once_past_its_limit_and_never_left_beyond_it(
     sizes = []
     for i in range(24):
         aid = ledger.begin_attempt(asset="images", sku=f"SKU-{i}", prompt="p" * 200, model_tier="pro")
-        sizes.append(wal_size(database))
+        sizes.append(wal_bytes(str(database)))
         ledger.finish_attempt(aid, status="completed", job_id=f"job-{i}", credits_consumed=50)
-        sizes.append(wal_size(database))
+        sizes.append(wal_bytes(str(database)))
         assert max(sizes[-2:]) <= wal_limit(str(database)), f"after attempt {i} the WAL held more than its limit: {sizes}"
     assert any(later < earlier for earlier, later in itertools.pairwise(sizes)), f"no checkpoint: {sizes}"
     assert any(size > 0 for size in sizes), f"every write checkpointed: {sizes}"

@@ -26,8 +26,8 @@ Example:
     >>> conn = duckdb.connect(path); defer_checkpoint(conn)
     >>> _ = conn.execute("CREATE TABLE t AS SELECT 1 AS x")
     >>> close_ledger(conn, path, read_only=False)  # a small file: checkpointed
-    >>> os.path.exists(path + ".wal") and os.path.getsize(path + ".wal") > 0
-    False
+    >>> wal_bytes(path)
+    0
 """
 
 from __future__ import annotations
@@ -50,6 +50,14 @@ WAL_FILE_RATIO: Final = 4096
 def wal_path(database: str) -> str:
     """The write-ahead log DuckDB keeps beside the ledger file ``database``."""
     return database + ".wal"
+
+
+def wal_bytes(database: str) -> int:
+    """How many bytes the WAL of the ledger file ``database`` holds (0 when there is none)."""
+    try:
+        return os.path.getsize(wal_path(database))
+    except OSError:
+        return 0
 
 
 def wal_limit(database: str) -> int:
@@ -80,7 +88,7 @@ def close_ledger(conn: duckdb.DuckDBPyConnection, database: str, *, read_only: b
     open still finds them; it is logged and tried again at the next close. Closing twice is allowed.
     """
     try:
-        if not read_only and os.path.exists(wal_path(database)) and os.path.getsize(wal_path(database)) > wal_limit(database):
+        if not read_only and wal_bytes(database) > wal_limit(database):
             conn.execute("CHECKPOINT")
     except duckdb.ConnectionException:
         pass  # closed already, by a caller that closed before its lock was released
