@@ -9,7 +9,11 @@ requests applied the way Dagster's daemon does, key by key), the refresh schedul
 fresh process.
 
 Ledgers are generated with SQL (no API calls) and cached with the catalogs under
-``benchmarks/out/``; the first run builds them (the 10,000,000-row one takes a few minutes).
+``benchmarks/out/``; the first run builds them (the 10,000,000-row one takes a few minutes). The
+grid reads each ledger as maintenance leaves it at its worst: compacted (``flokan-dagster ledger
+compact``) with the last 10 % of its attempts written since, unsorted. The target cell is also
+measured on a ledger never compacted, and with 25 SKUs spread over the catalog instead of
+neighbours; the compaction itself is timed at 100,000 and 1,000,000 attempts.
 Catalog copies (``catalog_cache``) go to the run's temporary directory: the first open of each
 catalog is timed apart, and the grid's warm-up call writes the copy later runs read, as the first
 run of a backfill does. The catalog-sync figure is the sensor's tick evaluation; Dagster's daemon
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -48,6 +53,7 @@ from flokan_dagster import SKU_PARTITIONS, CatalogMapping, FlokanLedgerResource 
 from flokan_dagster.catalog import CatalogFile  # noqa: E402
 from flokan_dagster.image_store import ImageStore  # noqa: E402
 from flokan_dagster.ledger import CreditLedger, cost_summary  # noqa: E402
+from flokan_dagster.ledger.compaction import DUE_FRACTION  # noqa: E402
 from flokan_dagster.ledger.records import COLUMNS  # noqa: E402
 from flokan_dagster.ledger.schema import ensure_schema  # noqa: E402
 from flokan_dagster.planning import plan_batch  # noqa: E402
@@ -83,7 +89,7 @@ SELECT
 FROM (
     SELECT i, TIMESTAMP '2024-01-01' + to_seconds(i * 3) AS ts,
            CASE WHEN i % 50 = 0 THEN 'failed' WHEN i % 211 = 0 THEN 'unknown' ELSE 'completed' END AS status
-    FROM range($rows) AS t(i)
+    FROM range($start, $stop) AS t(i)
 )
 """
 
@@ -121,7 +127,7 @@ def ledger_file(rows: int) -> Path:
             conn.execute("SET enable_progress_bar = false")
             ensure_schema(conn)
             if rows:
-                conn.execute(_GENERATE, {"rows": rows})
+                conn.execute(_GENERATE, {"start": 0, "stop": rows})
             conn.execute("CHECKPOINT")
         partial.rename(path)
         print(f"  (built {path.name} in {time.perf_counter() - started:.0f} s)", flush=True)
@@ -133,12 +139,57 @@ def ledger_file(rows: int) -> Path:
     return path
 
 
+def maintained_file(rows: int) -> Path:
+    """The cached ledger of ``rows`` generated attempts as maintenance leaves it at its worst.
+
+    The same attempts as :func:`ledger_file`: the first 90 % written and then compacted
+    (``CreditLedger.compact``), the last 10 % written since, unsorted: the most a ledger holds
+    before its next compaction is due (``compaction.DUE_FRACTION``).
+    """
+    if rows == 0:
+        return ledger_file(0)
+    path = OUT / f"ledger_{rows}_maintained.duckdb"
+    if path.exists() and path not in _MIGRATED:
+        with duckdb.connect(str(path)) as conn:
+            ensure_schema(conn)
+        _MIGRATED.add(path)
+    if not path.exists():
+        started = time.perf_counter()
+        partial = path.with_suffix(".building")
+        partial.unlink(missing_ok=True)
+        settled = rows - int(rows * DUE_FRACTION)
+        with duckdb.connect(str(partial)) as conn:
+            conn.execute("SET enable_progress_bar = false")
+            ensure_schema(conn)
+            conn.execute(_GENERATE, {"start": 0, "stop": settled})
+        compacted = CreditLedger(str(partial), lock_timeout_s=600).compact(force=True)
+        with duckdb.connect(str(partial)) as conn:
+            conn.execute("SET enable_progress_bar = false")
+            conn.execute(_GENERATE, {"start": settled, "stop": rows})
+            conn.execute("CHECKPOINT")
+        partial.rename(path)
+        print(f"  (built {path.name} in {time.perf_counter() - started:.0f} s; its compaction: {compacted.describe()})",
+              flush=True)  # fmt: skip
+    return path
+
+
 def working_copy(rows: int, work: Path) -> str:
-    """The cached ledger itself: the benchmark's batches are valid SKUs, so planning writes nothing.
+    """The cached maintained ledger itself: the benchmark's batches are valid SKUs, so planning writes nothing.
 
     (Copying the 10,000,000-row file for each case would take longer than the cases.)
     """
-    return str(ledger_file(rows))
+    return str(maintained_file(rows))
+
+
+def compaction_seconds(rows: int, work: Path) -> float:
+    """Seconds a compaction holds a copy of the never-compacted ``rows``-attempt ledger."""
+    copy = work / f"compact_{rows}.duckdb"
+    shutil.copyfile(ledger_file(rows), copy)
+    try:
+        return CreditLedger(str(copy), lock_timeout_s=600).compact(force=True).seconds
+    finally:
+        copy.unlink(missing_ok=True)
+        Path(str(copy) + ".wal").unlink(missing_ok=True)
 
 
 def batch_of(skus: int) -> list[str]:
@@ -338,6 +389,7 @@ def main() -> None:
         catalog_file(skus)
     for rows in ledger_sizes:
         ledger_file(rows)
+        maintained_file(rows)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         work = Path(tmp)
         # Catalog copies (catalog_cache) in this run's directory: the first open of each catalog
@@ -361,6 +413,21 @@ def main() -> None:
         if 10_000_000 in ledger_sizes:
             result(f"catalog read + planning of a {BATCH}-SKU run, 100,000 SKUs, 10,000,000 rows",
                    f"{grid[100_000, 10_000_000]:.3f} s")  # fmt: skip
+        store = ImageStore(work / "images")
+        catalog = catalog_file(100_000)
+        never = CreditLedger(str(ledger_file(1_000_000)))
+        unkept = timed(5, lambda: read_and_plan(catalog, never, store, batch_of(100_000)))
+        result("the same on a ledger never compacted (1,000,000 rows in write order)",
+               f"{unkept:.3f} s ({unkept / small:.1f}x)")  # fmt: skip
+        spread = [f"SKU-{i:06d}" for i in sorted(random.Random(7).sample(range(100_000), BATCH))]
+        kept = CreditLedger(working_copy(1_000_000, work))
+        for label, ledger in (("maintained", kept), ("never compacted", never)):
+            seconds = timed(5, lambda: read_and_plan(catalog, ledger, store, spread))  # noqa: B023 (called here, in this iteration)
+            result(f"{BATCH} SKUs spread over the catalog, 100,000 SKUs, 1,000,000 rows, {label}",
+                   f"{seconds:.3f} s ({seconds / small:.1f}x)")  # fmt: skip
+        for rows in (100_000, 1_000_000):
+            result(f"compaction of a never-compacted ledger of {rows:,} attempts (ledger held)",
+                   f"{compaction_seconds(rows, work):.1f} s")  # fmt: skip
         memory = planning_memory(work)
         print(f"peak memory of a fresh process planning at 100,000 SKUs / 1,000,000 rows: {memory:.0f} MB")
         result("peak memory of planning, 100,000 SKUs, 1,000,000 rows", f"{memory:.0f} MB", f"< {TARGET_MEMORY_MB} MB",
@@ -384,7 +451,7 @@ def main() -> None:
                seconds < TARGET_REFRESH_S)  # fmt: skip
 
         report_rows = max(ledger_sizes)
-        ledger = CreditLedger(str(ledger_file(report_rows)))
+        ledger = CreditLedger(working_copy(report_rows, work))
         report_s = timed(3, lambda: cost_summary(ledger))
         summary = cost_summary(ledger)
         print(f"\ncost report over {report_rows:,} rows: {report_s:.3f} s median "

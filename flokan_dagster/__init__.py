@@ -32,6 +32,7 @@ from flokan_dagster.catalog_asset import build_flokan_catalog_asset
 from flokan_dagster.component import FlokanImagesComponent
 from flokan_dagster.image_store import ImageStore
 from flokan_dagster.ledger import AttemptRecord, CreditLedger, LedgerLockedError, cost_report_markdown, cost_summary
+from flokan_dagster.maintenance import build_flokan_ledger_compaction_job, build_flokan_ledger_compaction_schedule
 from flokan_dagster.reconcile import ReconcileCursor, ReconcileResult, ReconcileSettings, ReconcileSummary, reconcile
 from flokan_dagster.report import build_automation_sensor, build_cost_report_asset, refresh_after_images
 from flokan_dagster.resource import FlokanLedgerResource, FlokanResource, FlokanResourceKeys, ImageStoreResource
@@ -92,6 +93,8 @@ __all__ = [
     "build_flokan_catalog_asset",
     "build_flokan_catalog_sensor",
     "build_flokan_image_asset",
+    "build_flokan_ledger_compaction_job",
+    "build_flokan_ledger_compaction_schedule",
     "build_flokan_reconciliation_sensor",
     "build_flokan_refresh_schedule",
     "cost_report_markdown",

@@ -380,7 +380,7 @@ class CatalogFile:
         )  # fmt: skip
         catalog_cache.write_sidecar(self._conn, sidecar, {
             "catalog_rows": "SELECT * FROM temp.catalog_rows ORDER BY __row",
-            "catalog_keys": "SELECT * FROM temp.catalog_keys ORDER BY __row",
+            "catalog_keys": "SELECT * FROM temp.catalog_keys ORDER BY key, __row",  # a batch's keys in a block or two
             "catalog_meta": "SELECT * FROM temp.catalog_meta",
             "catalog_unkeyed": "SELECT * FROM temp.catalog_unkeyed",
         })  # fmt: skip

@@ -35,7 +35,7 @@ import duckdb
 logger = logging.getLogger(__name__)
 
 # Bump when the sidecar's tables change shape: old sidecars then simply stop matching.
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 _DATABASE_SUFFIXES: Final = (".duckdb", ".db")
 
 

@@ -393,14 +393,21 @@ def build_parser() -> argparse.ArgumentParser:
     gal.set_defaults(handler=gallery)
     stop = commands.add_parser("stop-emulator", help="stop the local emulator")
     stop.set_defaults(handler=stop_emulator)
-    led = commands.add_parser("ledger", help="ledger maintenance (doctor)")
-    doctor = led.add_subparsers(dest="ledger_command", required=True, metavar="SUBCOMMAND").add_parser(
+    led = commands.add_parser("ledger", help="ledger maintenance (doctor, compact)")
+    maintenance = led.add_subparsers(dest="ledger_command", required=True, metavar="SUBCOMMAND")
+    doctor = maintenance.add_parser(
         "doctor", help="show spool files that could not be read and the SKUs they block; --resolve one once checked"
     )
     doctor.add_argument("--resolve", metavar="FILE", help="mark this quarantined file resolved (it is kept, in resolved/)")
     doctor.add_argument("--note", default="", help="what you checked, kept beside the resolved file")
     doctor.add_argument("--ledger", type=Path, metavar="PATH", help="the ledger database (default: the data directory's)")
     doctor.set_defaults(handler=ledger_doctor)
+    compact = maintenance.add_parser(
+        "compact", help="rewrite the ledger file's attempts in (asset, SKU) order, so runs read only their batch's rows"
+    )
+    compact.add_argument("--force", action="store_true", help="rewrite even when few attempts were written since the last time")
+    compact.add_argument("--ledger", type=Path, metavar="PATH", help="the ledger database (default: the data directory's)")
+    compact.set_defaults(handler=ledger_compact)
     return parser
 
 
@@ -427,6 +434,17 @@ def ledger_doctor(args: argparse.Namespace) -> int:
         print("Spending on the SKUs each file may concern waits until it is resolved. Check those SKUs' jobs")
         print("(`flokan-dagster reconcile`), then: flokan-dagster ledger doctor --resolve FILE")
     return 1 if damaged else 0
+
+
+def ledger_compact(args: argparse.Namespace) -> int:
+    """The ``ledger compact`` command: compact the ledger file when due (or ``--force``); exit 0."""
+    database = args.ledger or ledger_path(data_dir_from_env())
+    if not Path(database).exists():
+        raise UsageError(f"no ledger at {database}; pass --ledger PATH or set FLOKAN_DATA_DIR")
+    # A compaction holds the ledger for seconds per million attempts: wait for running writers that long too.
+    done = CreditLedger(str(database), lock_timeout_s=600).compact(force=args.force)
+    print(f"ledger {database}: {done.describe()}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

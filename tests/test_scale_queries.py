@@ -25,10 +25,11 @@ ASSETS = ("hero", "lifestyle", "thumbs")
 SKUS = [f"S-{i}" for i in range(12)] + ["Café-1", "  padded  "]
 
 
-@pytest.fixture(scope="module", params=["spooled", "merged"])
+@pytest.fixture(scope="module", params=["spooled", "merged", "compacted"])
 def ledger(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> CreditLedger:
     """A ledger of 40 attempts over 3 assets and 14 SKUs, a few external jobs, and 5 events either
-    still in the spool (reads overlay them) or merged (reads go to the table and its SKU index)."""
+    still in the spool (reads overlay them), merged (reads go to the table), or merged into a
+    compacted table that later writes left partly unsorted (runs read a batch's rows whole)."""
     rng = random.Random(11)
     ledger = CreditLedger(str(tmp_path_factory.mktemp("scale") / "ledger.duckdb"))
     start = datetime(2026, 5, 1)
@@ -48,9 +49,20 @@ def ledger(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
                   "completed_at": start + timedelta(days=1), "sent_at": start + timedelta(days=1)}  # fmt: skip
         ledger.spool.put(LedgerEvent.create(f"spooled-attempt-{n}", "begin", fields))
     assert ledger.spooled_count() == 5
-    if request.param == "merged":
+    if request.param != "spooled":
         ledger.flush_spool()
         assert ledger.spooled_count() == 0
+    if request.param == "compacted":
+        assert ledger.compact(force=True).compacted
+        # Written after the compaction: a tail of new rows, and sorted rows rewritten into it.
+        for n, sku in enumerate(SKUS[::3]):
+            aid = ledger.begin_attempt(asset="hero", sku=sku, prompt="p", model_tier="pro", fingerprint="fp1",
+                                       run_id="run-late", sent_at=start + timedelta(days=2, minutes=n))  # fmt: skip
+            ledger.finish_attempt(aid, status="completed" if n % 2 else "unknown", job_id=f"late-{n}",
+                                  completed_at=start + timedelta(days=2, minutes=n, seconds=5))  # fmt: skip
+        settled = next(a for a in ledger.attempts_for(asset="hero") if a.status == "unknown" and a.run_id != "run-late")
+        ledger.finish_attempt(settled.attempt_id, status="completed", job_id=settled.job_id or "settled-late",
+                              completed_at=start + timedelta(days=3))  # fmt: skip
     return ledger
 
 

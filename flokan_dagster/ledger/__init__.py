@@ -11,6 +11,7 @@ Example:
     'j1'
 """
 
+from flokan_dagster.ledger.compaction import Compaction, LedgerCompactionError
 from flokan_dagster.ledger.connection import LedgerLockedError
 from flokan_dagster.ledger.records import ORIGINS, STATUSES, AttemptOrigin, AttemptRecord, AttemptStatus
 from flokan_dagster.ledger.schema import SCHEMA_VERSION, VIEW_NAMES, LedgerSchemaError
@@ -25,7 +26,9 @@ __all__ = [
     "AttemptOrigin",
     "AttemptRecord",
     "AttemptStatus",
+    "Compaction",
     "CreditLedger",
+    "LedgerCompactionError",
     "LedgerLockedError",
     "LedgerSchemaError",
     "cost_report_markdown",
