@@ -507,7 +507,7 @@ def _sidecar_for(path: Path, table: str | None, mapping: CatalogMapping,
         return None
     directory = catalog_cache.default_cache_dir() if cache_dir == "default" else Path(cache_dir)
     try:
-        return catalog_cache.sidecar_path(directory, path, table, catalog_cache.cache_key(path, table, mapping.sku_column))
+        return catalog_cache.sidecar_path(directory, path, table, catalog_cache.cache_key(path, table, mapping.sku_column, directory))
     except OSError:
         return None  # unreadable: reading it fails with the clear message
 

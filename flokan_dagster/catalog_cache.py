@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,8 +62,11 @@ def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "flokan-dagster" / "catalogs"
 
 
-def cache_key(path: Path, table: str | None, sku_column: str) -> str:
+def cache_key(path: Path, table: str | None, sku_column: str, memo_dir: Path | None = None) -> str:
     """The name of ``path``'s sidecar: a digest of its content (a database's stat) and the reading options.
+
+    Args:
+        memo_dir: Where :func:`content_digest` may remember the file's digest (the cache directory).
 
     Raises:
         OSError: The file cannot be read.
@@ -73,10 +77,54 @@ def cache_key(path: Path, table: str | None, sku_column: str) -> str:
         stat = path.stat()
         digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}".encode())
     else:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(content_digest(path, memo_dir).encode())
     return digest.hexdigest()[:40]
+
+
+#: A file changed less than this long before it was hashed is hashed again next time: on a file
+#: system with coarse timestamps, a later write within the same tick would keep its stat.
+SETTLED_NS: Final = 2_000_000_000
+
+
+def content_digest(path: Path, memo_dir: Path | None = None) -> str:
+    """SHA-256 of ``path``'s bytes, remembered in ``memo_dir`` against the file's stat.
+
+    Hashing is the one part of opening a cached catalog that reads the whole file (3.4 ms at
+    100,000 rows, every run). The digest is reused while the file's device, inode, size,
+    modification and *change* time are the same: any write moves the change time, which no copy
+    tool (``cp -p``, ``rsync -a``, ``touch``) can set back. As git does for its index, a digest is
+    remembered only for a file last changed ``SETTLED_NS`` before it was hashed.
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    before = path.stat()
+    identity = f"{before.st_dev}:{before.st_ino}:{before.st_size}:{before.st_mtime_ns}:{before.st_ctime_ns}"
+    memo = memo_dir / f"{_source_tag(path, None)}.digest" if memo_dir is not None else None
+    if memo is not None:
+        try:
+            remembered, digest = memo.read_text(encoding="ascii").split()
+            if remembered == identity:
+                return digest
+        except (OSError, ValueError, UnicodeDecodeError):
+            pass  # none yet, or unreadable: hash
+    hashed = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hashed.update(block)
+    digest = hashed.hexdigest()
+    after = path.stat()
+    settled = time.time_ns() - max(after.st_mtime_ns, after.st_ctime_ns) >= SETTLED_NS
+    if memo is not None and settled and (after.st_mtime_ns, after.st_ctime_ns, after.st_size) == (
+        before.st_mtime_ns, before.st_ctime_ns, before.st_size):  # fmt: skip
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            partial = memo.with_name(f"{memo.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+            partial.write_text(f"{identity} {digest}\n", encoding="ascii")
+            os.replace(partial, memo)
+        except OSError:
+            pass  # an unusable cache directory only means hashing again
+    return digest
 
 
 def sidecar_path(cache_dir: Path, path: Path, table: str | None, key: str) -> Path:

@@ -1,7 +1,7 @@
 """Ledger maintenance as a Dagster job and schedule: compacting the ledger file (``ledger.compaction``).
 
 Example:
-    >>> schedule = build_flokan_ledger_compaction_schedule(cron_schedule="0 2 * * 0")
+    >>> schedule = build_flokan_ledger_compaction_schedule(cron_schedule="30 1 * * *")
     >>> schedule.job_name
     'flokan_ledger_compaction'
 """
@@ -25,7 +25,7 @@ def build_flokan_ledger_compaction_job(
     """
 
     @dg.op(name=f"{name}_op", required_resource_keys={resource_keys.ledger},
-           description="Rewrites the ledger file's attempts in (asset, SKU) order when 10% or more were written since.")  # fmt: skip
+           description="Rewrites the ledger file's attempts in (asset, SKU) order when 5% or more were written since.")  # fmt: skip
     def compact_ledger(context: dg.OpExecutionContext) -> dg.Output[None]:
         done = resource_keys.ledger_of(context.resources).get_ledger().compact()
         context.log.info(done.describe())
@@ -45,20 +45,20 @@ def build_flokan_ledger_compaction_job(
 
 def build_flokan_ledger_compaction_schedule(
     *,
-    cron_schedule: str = "0 2 * * 0",
+    cron_schedule: str = "0 2 * * *",
     execution_timezone: str = "UTC",
     name: str = "flokan_ledger_compaction_schedule",
     job_name: str = "flokan_ledger_compaction",
     default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
     resource_keys: FlokanResourceKeys = FlokanResourceKeys(),
 ) -> dg.ScheduleDefinition:
-    """Make a schedule running :func:`build_flokan_ledger_compaction_job` (weekly by default).
+    """Make a schedule running :func:`build_flokan_ledger_compaction_job` (nightly by default).
 
     Pick a time outside refresh windows: the compaction holds the ledger (about 7 s per
     1,000,000 attempts); writers spool meanwhile and a run's planning waits for it.
 
     Args:
-        cron_schedule: When to compact (cron syntax; Sunday 02:00 by default).
+        cron_schedule: When to look (cron syntax; 02:00 by default): it compacts only when due.
         execution_timezone: Time zone of ``cron_schedule``.
         name: The schedule's name.
         job_name: The job's name.

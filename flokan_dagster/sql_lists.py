@@ -19,8 +19,6 @@ from typing import Final
 SEPARATOR: Final = "\x1f"
 # Rows of one column ``value`` from a parameter made by :func:`text_list` (none for an empty list).
 UNNEST_TEXT: Final = "(SELECT unnest(string_split(?, chr(31))) AS value)"
-# The same parameter as a list, for ``column = ANY(...)``: a filter DuckDB pushes into the scan.
-TEXT_ARRAY: Final = "string_split(?, chr(31))"
 
 
 def text_list(values: Iterable[object]) -> str | None:

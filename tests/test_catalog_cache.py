@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from flokan_dagster import catalog_cache
 from flokan_dagster.catalog import CatalogFile, CatalogMapping
 from tests.test_scale_queries import CATALOG  # messy on purpose: padding, a duplicate, a bad key, blanks
 
@@ -39,7 +42,11 @@ def test_the_cached_copy_answers_as_the_file_does(tmp_path: Path) -> None:
     assert expected[2] and expected[1]  # unusable SKUs and problems both came through
 
 
-def test_a_changed_file_is_never_answered_from_an_old_copy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("remembered", [False, True], ids=["hashed", "digest-remembered"])
+def test_a_changed_file_is_never_answered_from_an_old_copy(tmp_path: Path, remembered: bool,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    if remembered:  # the file's digest is remembered at once, as for a file last changed long ago
+        monkeypatch.setattr(catalog_cache, "SETTLED_NS", 0)
     path, cache = tmp_path / "catalog.csv", tmp_path / "cache"
     path.write_text("sku,title\nA-1,a mug\n", encoding="utf-8")
     with CatalogFile.open(path, MAPPING, cache_dir=cache) as first:
@@ -67,3 +74,24 @@ def test_an_unusable_cache_directory_only_means_no_cache(tmp_path: Path) -> None
         with CatalogFile.open(path, MAPPING, cache_dir=blocker / "cache") as opened:
             assert _everything(opened) == expected
     assert not list(tmp_path.rglob("*.building*"))
+
+
+def test_a_settled_file_is_hashed_once_and_a_fresh_one_every_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, memo_dir = tmp_path / "catalog.csv", tmp_path / "cache"
+    path.write_text(CATALOG, encoding="utf-8")
+    digest = catalog_cache.content_digest(path, memo_dir)
+    assert not list(memo_dir.glob("*.digest")), "a file changed just now is not remembered (a coarse clock could hide a write)"
+
+    monkeypatch.setattr(catalog_cache, "SETTLED_NS", 0)
+    assert catalog_cache.content_digest(path, memo_dir) == digest
+    assert len(list(memo_dir.glob("*.digest"))) == 1
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the file was read again")
+
+    monkeypatch.setattr(catalog_cache, "open", no_reading, raising=False)
+    assert catalog_cache.content_digest(path, memo_dir) == digest  # from the memo: the file is not read
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("Z-9,late\n")
+    with pytest.raises(AssertionError, match="read again"):
+        catalog_cache.content_digest(path, memo_dir)  # changed: hashed again

@@ -284,4 +284,4 @@ def test_the_dagster_job_compacts_and_reports_it_in_metadata(tmp_path: Path) -> 
     assert placed(table_rows(database)) == sorted(placed(table_rows(database)))
     schedule = build_flokan_ledger_compaction_schedule(cron_schedule="0 3 * * *")
     defs = dg.Definitions(schedules=[schedule], resources=resources)
-    assert defs.get_job_def("flokan_ledger_compaction").name == schedule.job_name
+    assert defs.resolve_job_def("flokan_ledger_compaction").name == schedule.job_name

@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import duckdb
 
@@ -40,15 +40,17 @@ from flokan_dagster.ledger.schema import TABLES
 #: The order a compaction leaves the attempts in: a run's batch is one asset's neighbouring SKUs.
 SORT_ORDER: Final = "asset, sku, recorded_at, attempt_id"
 #: A compaction is due when at least this share of the attempts was written since the last one.
-DUE_FRACTION: Final = 0.1
-#: A batch's rows "lie together" when its SKU range holds at most this many attempts per SKU of
-#: the batch (or ``TOGETHER_MIN_ROWS``): then they are read whole, in one pruned scan.
-TOGETHER_ROWS_PER_SKU: Final = 64
+DUE_FRACTION: Final = 0.05
+#: A batch's rows lie together when its SKU range holds at most this many attempts per SKU of the
+#: batch (years of refreshes), or ``TOGETHER_MIN_ROWS``: then they are read whole, in one pruned scan.
+TOGETHER_ROWS_PER_SKU: Final = 256
 TOGETHER_MIN_ROWS: Final = 2048
 
 _LAYOUT_TABLE: Final = "attempts_layout"
 _NEW_TABLE: Final = "attempts_compacted"
 _COLUMN_LIST: Final = ", ".join(COLUMNS)
+_SPAN: Final = "asset = ? AND sku BETWEEN ? AND ?"
+_SKU, _RECORDED_AT, _ATTEMPT_ID = (COLUMNS.index(name) for name in ("sku", "recorded_at", "attempt_id"))
 
 
 class LedgerCompactionError(RuntimeError):
@@ -111,22 +113,26 @@ def layout(conn: duckdb.DuckDBPyConnection) -> Layout:
     return Layout(rows, int(kept[0]) if kept and kept[0] is not None else 0)
 
 
-def batch_lies_together(conn: duckdb.DuckDBPyConnection, asset: str, skus: list[str]) -> bool:
-    """Whether a compacted ledger keeps the attempts of ``asset`` for ``skus`` together.
+def batch_read_whole(conn: duckdb.DuckDBPyConnection, asset: str, skus: list[str]) -> list[tuple[Any, ...]] | None:
+    """Every attempt of ``asset`` for ``skus`` (rows of ``COLUMNS``, oldest first), when a compacted
+    ledger keeps them together; None otherwise.
 
-    True when the attempts between the batch's first and last SKU are few (a batch of
-    neighbouring SKUs in a compacted file): reading them all, whole, costs a block or two. False
-    for a ledger never compacted (the count alone would scan it) and for scattered SKUs.
+    Together means few attempts between the batch's first and last SKU (neighbouring SKUs in a
+    compacted file): they are read whole, from a block or two. A ledger never compacted is not
+    tried (counting would scan it whole).
     """
     if not skus or not conn.execute(f"SELECT 1 FROM duckdb_tables() WHERE table_name = '{_LAYOUT_TABLE}'").fetchall():
-        return False
+        return None
     limit = max(TOGETHER_MIN_ROWS, TOGETHER_ROWS_PER_SKU * len(skus))
-    # The LIMIT ends the count of a spread batch early, at the first blocks it reads.
-    found = conn.execute(
-        "SELECT count(*) FROM (SELECT 1 FROM attempts WHERE asset = ? AND sku BETWEEN ? AND ? LIMIT ?)",
-        [asset, min(skus), max(skus), limit + 1],
-    ).fetchone()
-    return found is not None and found[0] <= limit
+    span = [asset, min(skus), max(skus)]
+    # Counted over two narrow columns first, the LIMIT ending the count of a spread batch at the
+    # first blocks it reads: fetching whole rows of a spread range would decode every column of them.
+    counted = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM attempts WHERE {_SPAN} LIMIT ?)", [*span, limit + 1]).fetchone()
+    if counted is None or counted[0] > limit:
+        return None
+    rows = conn.execute(f"SELECT {_COLUMN_LIST} FROM attempts WHERE {_SPAN}", span).fetchall()
+    wanted = set(skus)
+    return sorted((row for row in rows if row[_SKU] in wanted), key=lambda row: (row[_RECORDED_AT], row[_ATTEMPT_ID]))
 
 
 def compact_attempts(conn: duckdb.DuckDBPyConnection) -> int:

@@ -28,7 +28,7 @@ import duckdb
 from flokan_dagster.ledger import claims as claim_rows
 from flokan_dagster.ledger.backend import serialize_writers, uses_postgres
 from flokan_dagster.ledger.claims import Claim, ClaimOutcome, FileClaims, Judge, ProcessIdentity
-from flokan_dagster.ledger.compaction import DUE_FRACTION, Compaction, Layout, batch_lies_together, compact_if_due
+from flokan_dagster.ledger.compaction import DUE_FRACTION, Compaction, Layout, batch_read_whole, compact_if_due
 from flokan_dagster.ledger.connection import (
     LedgerLockedError,
     database_file,
@@ -53,7 +53,7 @@ from flokan_dagster.ledger.records import (
 )
 from flokan_dagster.ledger.schema import ensure_schema
 from flokan_dagster.ledger.spool import QuarantinedFile, Spool
-from flokan_dagster.sql_lists import TEXT_ARRAY, UNNEST_TEXT, text_list
+from flokan_dagster.sql_lists import UNNEST_TEXT, text_list
 
 logger = logging.getLogger(__name__)
 
@@ -950,7 +950,7 @@ class CreditLedger:
 
         The batch's rows are found over narrow columns and whole rows read only for the few
         chosen, so the cost follows the batch, not the years of superseded attempts. Where a
-        compacted ledger keeps the batch's rows together (``compaction.batch_lies_together``),
+        compacted ledger keeps the batch's rows together (``compaction.batch_read_whole``),
         every attempt of the batch is returned instead, read whole in one scan of a block or two:
         cheaper than choosing, and planning decides the same from it (``planning.decide``).
 
@@ -968,15 +968,9 @@ class CreditLedger:
             # overlay, goes through current_attempts).
             direct = source == _PLAIN_SOURCE and not uses_postgres(conn)
             table = "attempts" if direct else "current_attempts"
-            skus = sorted(fingerprints)
-            if direct and batch_lies_together(conn, asset, skus):
-                cursor = conn.execute(
-                    f"""SELECT {_SELECT_COLUMNS} FROM attempts
-                    WHERE asset = ? AND sku BETWEEN ? AND ? AND sku = ANY({TEXT_ARRAY})
-                    ORDER BY recorded_at, attempt_id""",
-                    [asset, skus[0], skus[-1], text_list(skus)],
-                )
-                return [AttemptRecord.from_row(dict(zip(COLUMNS, row, strict=True))) for row in cursor.fetchall()]
+            whole = batch_read_whole(conn, asset, list(fingerprints)) if direct else None
+            if whole is not None:
+                return [AttemptRecord.from_row(dict(zip(COLUMNS, row, strict=True))) for row in whole]
             latest = ("ORDER BY coalesce(a.completed_at, a.updated_at, a.recorded_at) DESC, coalesce(a.revision, 0) DESC,"
                       " a.recorded_at, a.attempt_id")  # fmt: skip
             # result_image_id is optional in job rows: a completed attempt without it is reusable.
