@@ -81,9 +81,11 @@ def cache_key(path: Path, table: str | None, sku_column: str, memo_dir: Path | N
     return digest.hexdigest()[:40]
 
 
-#: A file changed less than this long before it was hashed is hashed again next time: on a file
-#: system with coarse timestamps, a later write within the same tick would keep its stat.
-SETTLED_NS: Final = 2_000_000_000
+#: A file changed less than this long before it was hashed is hashed again next time. A later write
+#: could keep the stat: within the same tick of a coarse clock, or through a memory map, whose
+#: writes Linux stamps only when they dirty a clean page (a page stays dirty up to the kernel's
+#: writeback delay, 30 s by default; after it, the next write stamps again).
+SETTLED_NS: Final = 120_000_000_000
 
 
 def content_digest(path: Path, memo_dir: Path | None = None) -> str:
@@ -91,9 +93,10 @@ def content_digest(path: Path, memo_dir: Path | None = None) -> str:
 
     Hashing is the one part of opening a cached catalog that reads the whole file (3.4 ms at
     100,000 rows, every run). The digest is reused while the file's device, inode, size,
-    modification and *change* time are the same: any write moves the change time, which no copy
+    modification and *change* time are the same: a write moves the change time, which no copy
     tool (``cp -p``, ``rsync -a``, ``touch``) can set back. As git does for its index, a digest is
-    remembered only for a file last changed ``SETTLED_NS`` before it was hashed.
+    remembered only for a file last changed ``SETTLED_NS`` (two minutes) before it was hashed: a
+    catalog edited since is hashed at every open until it has settled.
 
     Raises:
         OSError: The file cannot be read.

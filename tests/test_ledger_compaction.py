@@ -285,3 +285,22 @@ def test_the_dagster_job_compacts_and_reports_it_in_metadata(tmp_path: Path) -> 
     schedule = build_flokan_ledger_compaction_schedule(cron_schedule="0 3 * * *")
     defs = dg.Definitions(schedules=[schedule], resources=resources)
     assert defs.resolve_job_def("flokan_ledger_compaction").name == schedule.job_name
+
+
+@pytest.mark.parametrize("addition", ["ALTER TABLE attempts ADD COLUMN invoice_ref VARCHAR",
+                                      "CREATE INDEX attempts_by_sku ON attempts (sku)"])  # fmt: skip
+def test_a_column_or_index_this_code_does_not_know_stops_the_compaction(tmp_path: Path, addition: str) -> None:
+    # A newer version's migration or an analyst's column would be dropped by the rewrite: refused.
+    database = tmp_path / "ledger.duckdb"
+    ledger = small_ledger(database)
+    with duckdb.connect(str(database)) as conn:
+        conn.execute(addition)
+    before = table_rows(database)
+
+    with pytest.raises(LedgerCompactionError, match="does not know") as refused:
+        ledger.compact(force=True)
+
+    assert ("invoice_ref" in str(refused.value)) == ("invoice_ref" in addition)
+    assert table_rows(database) == before
+    with duckdb.connect(str(database), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'attempts_compacted'").fetchone() == (0,)

@@ -142,9 +142,11 @@ def compact_attempts(conn: duckdb.DuckDBPyConnection) -> int:
         The number of attempts rewritten.
 
     Raises:
-        LedgerCompactionError: The new table's rows differ from the old one's (the caller rolls
-            back, leaving the old table as it was).
+        LedgerCompactionError: The table holds a column or an index this code does not know (the
+            rewrite would drop it), or the new table's rows differ from the old one's (the caller
+            rolls back, leaving the old table as it was).
     """
+    _check_rewritable(conn)
     conn.execute(_attempts_ddl(_NEW_TABLE))
     conn.execute(f"INSERT INTO {_NEW_TABLE} ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM attempts ORDER BY {SORT_ORDER}")
     old, new = _digest(conn, "attempts"), _digest(conn, _NEW_TABLE)
@@ -169,6 +171,22 @@ def compact_if_due(conn: duckdb.DuckDBPyConnection, *, force: bool, fraction: fl
             f"(due at {fraction:.0%}; --force to rewrite anyway)"))  # fmt: skip
     compact_attempts(conn)
     return Compaction(before, compacted=True)
+
+
+def _check_rewritable(conn: duckdb.DuckDBPyConnection) -> None:
+    """Refuse a table the rewrite would not carry over whole: a column this code does not know (a
+    newer version's migration, an analyst's), or an index someone added."""
+    here = "table_name = 'attempts' AND database_name = current_database() AND schema_name = current_schema()"
+    columns = [row[0] for row in conn.execute(f"SELECT column_name FROM duckdb_columns() WHERE {here}").fetchall()]
+    unknown = sorted(set(columns) - set(COLUMNS))
+    indexes = sorted(row[0] for row in conn.execute(f"SELECT index_name FROM duckdb_indexes() WHERE {here}").fetchall())
+    if unknown or indexes:
+        found = "; ".join(part for part in (f"column(s) {', '.join(unknown)}" if unknown else "",
+                                            f"index(es) {', '.join(indexes)}" if indexes else "") if part)  # fmt: skip
+        raise LedgerCompactionError(
+            f"the ledger's attempts table has {found} that this version of flokan-dagster does not know, and a "
+            "compaction would drop them; upgrade flokan-dagster, or drop them yourself, before compacting"
+        )
 
 
 def _attempts_ddl(name: str) -> str:
