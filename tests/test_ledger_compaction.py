@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import duckdb
@@ -174,6 +175,7 @@ def _start_compaction(database: Path) -> subprocess.Popen[str]:
                 pass
         except LockTimeout:
             return compacting
+        time.sleep(0.005)  # a poll, not a wait for long enough: the child is still importing
     raise AssertionError(f"the compaction ended before it was seen holding the ledger: {compacting.communicate()}")
 
 
