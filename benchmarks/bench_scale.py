@@ -39,7 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,7 +54,7 @@ from flokan_dagster import SKU_PARTITIONS, CatalogMapping, FlokanLedgerResource 
 from flokan_dagster.catalog import CatalogFile  # noqa: E402
 from flokan_dagster.image_store import ImageStore  # noqa: E402
 from flokan_dagster.ledger import CreditLedger, cost_summary  # noqa: E402
-from flokan_dagster.ledger.checkpoints import wal_bytes, wal_limit  # noqa: E402
+from flokan_dagster.ledger.checkpoints import wal_bytes, wal_limit, wal_path  # noqa: E402
 from flokan_dagster.ledger.compaction import DUE_FRACTION  # noqa: E402
 from flokan_dagster.ledger.records import COLUMNS  # noqa: E402
 from flokan_dagster.ledger.schema import ensure_schema  # noqa: E402
@@ -112,32 +113,44 @@ def catalog_file(skus: int) -> Path:
 _MIGRATED: set[Path] = set()
 
 
-def ledger_file(rows: int) -> Path:
-    """The cached ledger of ``rows`` generated attempts (built with SQL, in the ledger's own schema).
-
-    A cached file from an older schema is brought up to date as a real ledger is (``ensure_schema``,
-    the first time this process uses it).
-    """
-    path = OUT / f"ledger_{rows}.duckdb"
+def cached_ledger(path: Path, build: Callable[[Path], str]) -> Path:
+    """``path``, built first if missing (``build(partial)`` fills a file renamed into place and
+    returns what to print of it); a cached file from an older schema is brought up to date as a
+    real ledger is (``ensure_schema``, the first time this process uses it)."""
     if not path.exists():
         OUT.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         partial = path.with_suffix(".building")
         partial.unlink(missing_ok=True)
-        with duckdb.connect(str(partial)) as conn:
-            conn.execute("SET enable_progress_bar = false")
-            ensure_schema(conn)
-            if rows:
-                conn.execute(_GENERATE, {"start": 0, "stop": rows})
-            conn.execute("CHECKPOINT")
+        said = build(partial)
         partial.rename(path)
-        print(f"  (built {path.name} in {time.perf_counter() - started:.0f} s)", flush=True)
+        print(f"  (built {path.name} in {time.perf_counter() - started:.0f} s{said})", flush=True)
     elif path not in _MIGRATED:
         with duckdb.connect(str(path)) as conn:
             conn.execute("SET enable_progress_bar = false")
             ensure_schema(conn)
     _MIGRATED.add(path)
     return path
+
+
+def _generate(path: Path, start: int, stop: int) -> None:
+    """Append generated attempts ``start`` to ``stop`` to the ledger file ``path`` (schema ensured)."""
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("SET enable_progress_bar = false")
+        ensure_schema(conn)
+        if stop > start:
+            conn.execute(_GENERATE, {"start": start, "stop": stop})
+        conn.execute("CHECKPOINT")
+
+
+def ledger_file(rows: int) -> Path:
+    """The cached ledger of ``rows`` generated attempts (built with SQL, in the ledger's own schema)."""
+
+    def build(partial: Path) -> str:
+        _generate(partial, 0, rows)
+        return ""
+
+    return cached_ledger(OUT / f"ledger_{rows}.duckdb", build)
 
 
 def maintained_file(rows: int) -> Path:
@@ -150,29 +163,15 @@ def maintained_file(rows: int) -> Path:
     """
     if rows == 0:
         return ledger_file(0)
-    path = OUT / f"ledger_{rows}_maintained_{DUE_FRACTION:.0%}.duckdb"
-    if path.exists() and path not in _MIGRATED:
-        with duckdb.connect(str(path)) as conn:
-            ensure_schema(conn)
-        _MIGRATED.add(path)
-    if not path.exists():
-        started = time.perf_counter()
-        partial = path.with_suffix(".building")
-        partial.unlink(missing_ok=True)
+
+    def build(partial: Path) -> str:
         settled = rows - int(rows * DUE_FRACTION)
-        with duckdb.connect(str(partial)) as conn:
-            conn.execute("SET enable_progress_bar = false")
-            ensure_schema(conn)
-            conn.execute(_GENERATE, {"start": 0, "stop": settled})
+        _generate(partial, 0, settled)
         compacted = CreditLedger(str(partial), lock_timeout_s=600).compact(force=True)
-        with duckdb.connect(str(partial)) as conn:
-            conn.execute("SET enable_progress_bar = false")
-            conn.execute(_GENERATE, {"start": settled, "stop": rows})
-            conn.execute("CHECKPOINT")
-        partial.rename(path)
-        print(f"  (built {path.name} in {time.perf_counter() - started:.0f} s; its compaction: {compacted.describe()})",
-              flush=True)  # fmt: skip
-    return path
+        _generate(partial, settled, rows)
+        return f"; its compaction: {compacted.describe()}"
+
+    return cached_ledger(OUT / f"ledger_{rows}_maintained_{DUE_FRACTION:.0%}.duckdb", build)
 
 
 def working_copy(rows: int, work: Path) -> str:
@@ -183,33 +182,34 @@ def working_copy(rows: int, work: Path) -> str:
     return str(maintained_file(rows))
 
 
+@contextmanager
+def scratch_copy(source: Path, copy: Path) -> Iterator[Path]:
+    """A copy of the ledger file ``source`` at ``copy`` for the block; it and its WAL removed after."""
+    shutil.copyfile(source, copy)
+    try:
+        yield copy
+    finally:
+        for leftover in (copy, Path(wal_path(str(copy)))):
+            leftover.unlink(missing_ok=True)
+
+
 def live_planning(work: Path, catalog: Path, store: ImageStore) -> tuple[float, int]:
     """(seconds, WAL bytes): the target cell on a copy of the maintained 1,000,000-row ledger whose
     last writes wait in the WAL, about half its limit, as between two checkpoints of a live ledger."""
-    copy = work / "live_1000000.duckdb"
-    shutil.copyfile(maintained_file(1_000_000), copy)
-    ledger = CreditLedger(str(copy))
-    n = 0
-    while wal_bytes(str(copy)) < wal_limit(str(copy)) // 2:
-        attempt = ledger.begin_attempt(asset=ASSET, sku=f"SKU-{n:06d}", prompt="p", model_tier="pro", estimated_credits=20)
-        ledger.finish_attempt(attempt, status="completed", job_id=f"live-{n}", credits_consumed=20)
-        n += 1
-    try:
+    with scratch_copy(maintained_file(1_000_000), work / "live_1000000.duckdb") as copy:
+        ledger = CreditLedger(str(copy))
+        n = 0
+        while wal_bytes(str(copy)) < wal_limit(str(copy)) // 2:
+            attempt = ledger.begin_attempt(asset=ASSET, sku=f"SKU-{n:06d}", prompt="p", model_tier="pro", estimated_credits=20)
+            ledger.finish_attempt(attempt, status="completed", job_id=f"live-{n}", credits_consumed=20)
+            n += 1
         return timed(5, lambda: read_and_plan(catalog, ledger, store, batch_of(100_000))), wal_bytes(str(copy))
-    finally:
-        for leftover in (copy, Path(str(copy) + ".wal")):
-            leftover.unlink(missing_ok=True)
 
 
 def compaction_seconds(rows: int, work: Path) -> float:
     """Seconds a compaction holds a copy of the never-compacted ``rows``-attempt ledger."""
-    copy = work / f"compact_{rows}.duckdb"
-    shutil.copyfile(ledger_file(rows), copy)
-    try:
+    with scratch_copy(ledger_file(rows), work / f"compact_{rows}.duckdb") as copy:
         return CreditLedger(str(copy), lock_timeout_s=600).compact(force=True).seconds
-    finally:
-        copy.unlink(missing_ok=True)
-        Path(str(copy) + ".wal").unlink(missing_ok=True)
 
 
 def batch_of(skus: int) -> list[str]:

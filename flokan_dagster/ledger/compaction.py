@@ -108,7 +108,7 @@ def layout(conn: duckdb.DuckDBPyConnection) -> Layout:
     """The layout of the ledger's attempts table (``count(*)`` is read from DuckDB's metadata)."""
     found = conn.execute("SELECT count(*) FROM attempts").fetchone()
     rows = int(found[0]) if found else 0
-    if not conn.execute(f"SELECT 1 FROM duckdb_tables() WHERE table_name = '{_LAYOUT_TABLE}'").fetchall():
+    if not _ever_compacted(conn):
         return Layout(rows, 0)
     kept = conn.execute(f"SELECT max(sorted_rows) FROM {_LAYOUT_TABLE}").fetchone()
     return Layout(rows, int(kept[0]) if kept and kept[0] is not None else 0)
@@ -122,7 +122,7 @@ def batch_read_whole(conn: duckdb.DuckDBPyConnection, asset: str, skus: list[str
     compacted file): they are read whole, from a block or two. A ledger never compacted is not
     tried (counting would scan it whole).
     """
-    if not skus or not conn.execute(f"SELECT 1 FROM duckdb_tables() WHERE table_name = '{_LAYOUT_TABLE}'").fetchall():
+    if not skus or not _ever_compacted(conn):
         return None
     limit = max(TOGETHER_MIN_ROWS, TOGETHER_ROWS_PER_SKU * len(skus))
     span = [asset, min(skus), max(skus)]
@@ -172,6 +172,11 @@ def compact_if_due(conn: duckdb.DuckDBPyConnection, *, force: bool, fraction: fl
             f"(due at {fraction:.0%}; --force to rewrite anyway)"))  # fmt: skip
     compact_attempts(conn)
     return Compaction(before, compacted=True)
+
+
+def _ever_compacted(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether a compaction has run on this ledger (it creates the layout table)."""
+    return bool(conn.execute(f"SELECT 1 FROM duckdb_tables() WHERE table_name = '{_LAYOUT_TABLE}'").fetchall())
 
 
 def _check_rewritable(conn: duckdb.DuckDBPyConnection) -> None:
