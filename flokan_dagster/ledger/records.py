@@ -22,7 +22,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
@@ -436,6 +436,11 @@ class AttemptRecord:
         """Build a record from a column -> value mapping (extra keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in row.items() if k in names})
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> AttemptRecord:
+        """Build a record from one row of the attempts table's ``COLUMNS``, in that order."""
+        return cls.from_row(dict(zip(COLUMNS, values, strict=True)))
 
 
 def job_row_fields(job_row: Mapping[str, Any]) -> dict[str, Any]:

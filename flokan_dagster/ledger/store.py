@@ -553,7 +553,7 @@ class CreditLedger:
             ).fetchall()
             found: dict[str, list[AttemptRecord]] = {sku: [] for sku in skus}
             for row in rows:
-                record = AttemptRecord.from_row(dict(zip(COLUMNS, row, strict=True)))
+                record = AttemptRecord.from_values(row)
                 found[record.sku or ""].append(record)
             return {
                 sku: SendCheck(
@@ -970,7 +970,7 @@ class CreditLedger:
             table = "attempts" if direct else "current_attempts"
             whole = batch_read_whole(conn, asset, list(fingerprints)) if direct else None
             if whole is not None:
-                return [AttemptRecord.from_row(dict(zip(COLUMNS, row, strict=True))) for row in whole]
+                return [AttemptRecord.from_values(row) for row in whole]
             latest = ("ORDER BY coalesce(a.completed_at, a.updated_at, a.recorded_at) DESC, coalesce(a.revision, 0) DESC,"
                       " a.recorded_at, a.attempt_id")  # fmt: skip
             # result_image_id is optional in job rows: a completed attempt without it is reusable.
@@ -1001,7 +1001,7 @@ class CreditLedger:
                 ORDER BY recorded_at, attempt_id""",
                 [text_list(row[0] for row in chosen)],
             )
-            return [AttemptRecord.from_row(dict(zip(COLUMNS, row, strict=True))) for row in cursor.fetchall()]
+            return [AttemptRecord.from_values(row) for row in cursor.fetchall()]
 
         return self._read(run)
 
@@ -1123,9 +1123,9 @@ class CreditLedger:
         """Apply every spooled event in one transaction; the one place the ledger writes DuckDB.
 
         Under the exclusive ledger lock: open read-write, apply the spool, commit (durable in the
-        WAL), close (checkpointing when due), and only then delete the merged spool files, so no other process can see
-        the file between a commit and the removal of what it applied, or apply the same files in
-        a transaction of its own at the same time.
+        WAL), close (checkpointing when due), and only then delete the merged spool files, so no
+        other process can see the file between a commit and the removal of what it applied, or
+        apply the same files in a transaction of its own at the same time.
 
         Returns:
             True once the spool (or at least ``written``) is in the database; False if locked.
@@ -1229,7 +1229,7 @@ class CreditLedger:
     def _query(self, where_sql: str, params: list[Any]) -> list[AttemptRecord]:
         def run(conn: duckdb.DuckDBPyConnection, source: str) -> list[AttemptRecord]:
             cursor = conn.execute(f"{source} SELECT {_SELECT_COLUMNS} FROM current_attempts {where_sql}", params)
-            return [AttemptRecord.from_row(dict(zip(COLUMNS, row, strict=True))) for row in cursor.fetchall()]
+            return [AttemptRecord.from_values(row) for row in cursor.fetchall()]
 
         return self._read(run)
 
